@@ -1,0 +1,20 @@
+"""The loss core: pure functions on tensors, shared by the detector and the language-model branches."""
+from .box_kd import dfl_expectation, distribution_kd, iou_imitation, teacher_bounded_l2
+from .feature_kd import (
+    HintAdapter,
+    attention_masks,
+    box_mask,
+    cwd_loss,
+    feature_hint,
+    fgd_loss,
+    pkd_loss,
+    pkd_normalize,
+    resize_to,
+)
+from .logit_kd import DIVERGENCES, kd_divergence, logit_kd, sigmoid_kd, teacher_score_weights
+
+__all__ = [
+    "DIVERGENCES", "HintAdapter", "attention_masks", "box_mask", "cwd_loss", "dfl_expectation", "distribution_kd",
+    "feature_hint", "fgd_loss", "iou_imitation", "kd_divergence", "logit_kd", "pkd_loss", "pkd_normalize",
+    "resize_to", "sigmoid_kd", "teacher_bounded_l2", "teacher_score_weights",
+]

@@ -1,0 +1,65 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+
+from cvkd.config import ConfigError, describe, from_dict, load_config, parse_overrides, save_config
+
+
+@dataclass
+class Train:
+    epochs: int = field(default=10, metadata={"help": "number of epochs"})
+    lr: float = 0.01
+    schedule: Literal["cosine", "linear"] = "linear"
+
+
+@dataclass
+class Cfg:
+    name: str = "exp"
+    levels: list[int] = field(default_factory=lambda: [0, 1, 2])
+    class_map: dict | None = None
+    train: Train = field(default_factory=Train)
+
+
+def test_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: a\ntrain:\n  epochs: 3\n")
+    cfg = load_config(Cfg, p, ["train.lr=0.5", "levels=[1,2]", "class_map={'0': person}"])
+    assert cfg.name == "a" and cfg.train.epochs == 3 and cfg.train.lr == 0.5 and cfg.levels == [1, 2]
+    assert cfg.class_map == {"0": "person"}
+    out = tmp_path / "resolved.yaml"
+    save_config(cfg, out)
+    again = load_config(Cfg, out)
+    assert again == cfg
+
+
+def test_unknown_key_suggests_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'; did you mean 'epochs'\?"):
+        load_config(Cfg, None, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'trian'; did you mean 'train'"):
+        from_dict(Cfg, {"trian": {}})
+
+
+def test_type_errors_are_one_line():
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
+        load_config(Cfg, None, ["train.epochs=abc"])
+    with pytest.raises(ConfigError, match="train.schedule: 'step' is not one of"):
+        load_config(Cfg, None, ["train.schedule=step"])
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Cfg, p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Cfg, tmp_path / "nope.yaml")
+
+
+def test_describe_lists_every_key():
+    text = "\n".join(describe(Cfg))
+    for key in ("name", "levels", "class_map", "train.epochs", "train.lr", "train.schedule"):
+        assert key in text
+    assert "number of epochs" in text
