@@ -1,0 +1,242 @@
+#!/usr/bin/env python
+"""The headline benchmark: distillation gain on the CCTV people set (real security-camera frames).
+
+Trains (or reuses finished runs of) a teacher, a baseline student, the student distilled with each KD family and all
+together, and the same student with ultralytics' own trainer, without and with ultralytics' built-in distillation
+(same teacher weights, data, imgsz, epochs, seeds). Every model is scored by the cvkd evaluator on the val split at
+the final epoch (no best-epoch picking on val). Prints a markdown table and writes benchmarks/results/cctv_distill.csv.
+
+    python benchmarks/cctv_distill.py --epochs 30 --imgsz 320 --seeds 0          # one seed of every row
+    python benchmarks/cctv_distill.py --rows student all --seeds 1 2              # more seeds of two rows
+
+Runs are resumable: a killed benchmark continues each unfinished run from its last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
+DATA = ROOT / "data" / "cctv_people"
+RESULTS = ROOT / "benchmarks" / "results" / "cctv_distill.csv"
+COLUMNS = ["model", "role", "method", "seed", "imgsz", "epochs", "params_m", "gflops", "map", "ap50", "gap_closed",
+           "sec_per_epoch", "run"]
+# KD settings of the cvkd rows (see docs/cctv_sweep.md for how they were chosen)
+KD_ROWS = {
+    "logit": ["kd.logit=1.0", "kd.logit_t=1.0"],
+    "feature": ["kd.feature=1.0", "kd.feature_loss=cwd", "kd.feature_t=4.0"],
+    "box": ["kd.box=1.0", "kd.box_loss=ld", "kd.box_t=10.0"],
+    "all": ["kd.logit=1.0", "kd.feature=1.0", "kd.feature_loss=cwd", "kd.feature_t=4.0", "kd.box=1.0",
+            "kd.box_loss=ld"],
+}
+ALL_ROWS = ["teacher", "student", *KD_ROWS, "ultralytics_none", "ultralytics_kd"]
+
+
+def ensure_data() -> None:
+    if (DATA / "train.json").is_file() and (DATA / "val.json").is_file():
+        return
+    if not SRC.is_dir():
+        sys.exit(f"error: {SRC} not found (the CCTV people set is read from ../shared/datasets)")
+    subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo", str(SRC), "--out", str(DATA)],
+                   check=True)
+
+
+def common(args, name: str, seed: int) -> list[str]:
+    return [f"out={args.out}", f"name={name}", f"train.epochs={args.epochs}", f"data.imgsz={args.imgsz}",
+            f"train.seed={seed}", f"train.device={args.device}", f"train.batch={args.batch}"]
+
+
+def run_cvkd(args, tool: str, config: str, name: str, seed: int, extra: list[str]) -> Path:
+    run = Path(args.out) / name
+    if _finished(run, args.epochs):
+        return run
+    cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
+    cmd += [f"resume={run}"] if (run / "config.yaml").is_file() else common(args, name, seed) + extra
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return run
+
+
+def _finished(run: Path, epochs: int) -> bool:
+    from cvkd.engine.report import read_rows
+
+    rows = read_rows(run / "results.csv")
+    return bool(rows) and int(rows[-1]["epoch"]) >= epochs and rows[-1].get("map", "") != ""
+
+
+def ultralytics_data_yaml() -> Path:
+    path = DATA / "ultralytics.yaml"
+    path.write_text(f"path: {SRC}\ntrain: train/images\nval: valid/images\nnames:\n  0: '0'\n  1: '1'\n")
+    return path
+
+
+def run_ultralytics(args, name: str, seed: int, teacher_pt: Path | None) -> Path:
+    """Plain `yolo detect train` (single_cls merges both classes into one, like cvkd's class_map)."""
+    project = Path(args.out).resolve() / "ultralytics"
+    run = project / name
+    if (run / "weights" / "last.pt").is_file() and (run / "results.csv").is_file():
+        with (run / "results.csv").open() as f:
+            if len(list(csv.DictReader(f))) >= args.epochs:
+                return run
+    cmd = ["yolo", "detect", "train", "model=yolov8n.yaml", f"data={ultralytics_data_yaml()}", f"epochs={args.epochs}",
+           f"imgsz={args.imgsz}", f"batch={args.batch}", "workers=2", f"device={args.device}", "pretrained=False",
+           "amp=False", "cache=ram", "plots=False", f"seed={seed}", "single_cls=True", f"project={project}",
+           f"name={name}", "exist_ok=True", "val=True"]
+    if teacher_pt is not None:
+        cmd += [f"distill_model={teacher_pt}", "dis=6.0"]
+    if (run / "weights" / "last.pt").is_file():
+        cmd = ["yolo", "detect", "train", f"resume={run / 'weights' / 'last.pt'}"]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+    return run
+
+
+def model_stats(model, imgsz: int) -> tuple[float, float]:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    model = model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.zeros(1, 3, imgsz, imgsz))
+    return params, fc.get_total_flops() / 1e9
+
+
+def score_cvkd(run: Path, args) -> dict:
+    from cvkd.engine.report import read_rows
+    from cvkd.models import load_detector
+
+    rows = read_rows(run / "results.csv")
+    model = load_detector(run / "final.pt")
+    params, gflops = model_stats(model, args.imgsz)
+    sec = statistics.mean(float(r["sec_train"]) for r in rows)
+    return {"map": float(rows[-1]["map"]), "ap50": float(rows[-1]["ap50"]), "params_m": params, "gflops": gflops,
+            "sec_per_epoch": sec, "model": model}
+
+
+def score_ultralytics(run: Path, args) -> dict:
+    from cvkd.data import load_coco
+    from cvkd.eval import evaluate
+    from cvkd.models import load_detector
+
+    model = load_detector(run / "weights" / "last.pt")
+    model.class_names = ["person"]  # single_cls: ultralytics keeps one class under the source's first name
+    val = load_coco(DATA / "val.json", SRC / "valid" / "images", {"0": "person", "1": "person"})
+    metrics = evaluate(model.eval().predict, val, args.imgsz, 16, "cpu", quiet=True)
+    with (run / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    times = [float(r["time"]) for r in rows]
+    params, gflops = model_stats(model, args.imgsz)
+    return {"map": metrics["map"], "ap50": metrics["ap50"], "params_m": params, "gflops": gflops,
+            "sec_per_epoch": times[-1] / len(times)}
+
+
+def load_records() -> dict:
+    """Rows already in the CSV, keyed by (method, seed), so that a partial invocation adds to the table."""
+    if not RESULTS.is_file():
+        return {}
+    out = {}
+    with RESULTS.open() as f:
+        for r in csv.DictReader(f):
+            for k in ("params_m", "gflops", "map", "ap50", "sec_per_epoch", "gap_closed"):
+                r[k] = float(r[k]) if r.get(k) not in (None, "") else ""
+            r["seed"] = int(r["seed"])
+            out[(r["method"] if r["role"] != "teacher" else "teacher", r["seed"])] = r
+    return out
+
+
+def write_table(table: dict) -> None:
+    records = sorted(table.values(), key=lambda r: (ALL_ROWS.index(r["method"]) if r["method"] in ALL_ROWS
+                                                   else (0 if r["role"] == "teacher" else 1), r["seed"]))
+    by_base = {}
+    teacher = next((r for r in records if r["role"] == "teacher"), None)
+    for r in records:
+        if r["method"] in ("none", "ultralytics_none"):
+            by_base.setdefault(r["method"], []).append(r["map"])
+    for r in records:
+        base = by_base.get("ultralytics_none" if r["method"].startswith("ultralytics") else "none")
+        if teacher and base and r["role"] != "teacher":
+            b = statistics.mean(base)
+            r["gap_closed"] = (r["map"] - b) / max(teacher["map"] - b, 1e-9)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in records:
+            w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
+    print("\n| role | method | seeds | mAP@[.5:.95] mean +- sd | AP50 | gap closed | params (M) | GFLOPs | s/epoch |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["role"], r["method"]), []).append(r)
+    for (role, method), rs in groups.items():
+        maps = [r["map"] for r in rs]
+        sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
+        gap = [r["gap_closed"] for r in rs if isinstance(r.get("gap_closed"), float)]
+        print(f"| {role} | {method} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} | "
+              f"{statistics.mean(r['ap50'] for r in rs):.4f} | {statistics.mean(gap) if gap else float('nan'):.2f} | "
+              f"{rs[0]['params_m']:.2f} | {rs[0]['gflops']:.2f} | {statistics.mean(r['sec_per_epoch'] for r in rs):.0f} |")
+    print(f"\nwritten {RESULTS}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of every run (default 30)")
+    ap.add_argument("--imgsz", type=int, default=320, help="input size of every run (default 320)")
+    ap.add_argument("--batch", type=int, default=16, help="batch size of every run (default 16)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student rows (teacher: seed 0)")
+    ap.add_argument("--rows", nargs="+", default=ALL_ROWS, choices=ALL_ROWS, help="which rows to run")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_cctv"), help="folder of the benchmark's runs")
+    args = ap.parse_args()
+    ensure_data()
+    table = load_records()
+    teacher_run = run_cvkd(args, "train.py", "cctv_teacher.yaml", "teacher_s0", 0, [])
+    t = score_cvkd(teacher_run, args)
+    teacher_pt = teacher_run / "final.pt"
+    table[("teacher", 0)] = ({"model": "yolov8s", "role": "teacher", "method": "none", "seed": 0, "imgsz": args.imgsz,
+                    "epochs": args.epochs, "run": str(teacher_run), **{k: v for k, v in t.items() if k != "model"}})
+    write_table(table)
+    for seed in args.seeds:
+        for row in args.rows:
+            t0 = time.time()
+            if row == "teacher":
+                continue
+            if row == "student":
+                run = run_cvkd(args, "train.py", "cctv_student.yaml", f"student_s{seed}", seed, [])
+                rec = score_cvkd(run, args)
+                role, method = "student", "none"
+            elif row in KD_ROWS:
+                run = run_cvkd(args, "distill.py", "cctv_distill.yaml", f"{row}_s{seed}", seed,
+                               [f"kd.teacher={teacher_pt}", "kd.logit=0", "kd.feature=0", "kd.box=0", *KD_ROWS[row]])
+                rec = score_cvkd(run, args)
+                role, method = "distilled", row
+            else:
+                from cvkd.models.export_ultralytics import to_ultralytics_checkpoint
+
+                ul_teacher = None
+                if row == "ultralytics_kd":
+                    ul_teacher = Path(args.out) / "teacher_ultralytics.pt"
+                    to_ultralytics_checkpoint(teacher_pt, ul_teacher, args.imgsz)
+                run = run_ultralytics(args, f"{row}_s{seed}", seed, ul_teacher)
+                rec = score_ultralytics(run, args)
+                role, method = ("distilled" if row == "ultralytics_kd" else "student"), row
+            rec.pop("model", None)
+            table[(method, seed)] = {"model": "yolov8n", "role": role, "method": method, "seed": seed,
+                                     "imgsz": args.imgsz, "epochs": args.epochs, "run": str(run), **rec}
+            print(f"{row} seed {seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+            write_table(table)
+
+
+if __name__ == "__main__":
+    main()

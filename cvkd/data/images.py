@@ -1,0 +1,56 @@
+"""Cheap image checks (header, truncation, size) and decoding to RGB arrays."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+JPEG_EOI = b"\xff\xd9"
+TAIL_BYTES = 4096  # a complete JPEG ends with the EOI marker, possibly followed by a little padding
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the file header only (no decoding)."""
+    with Image.open(path) as im:
+        return im.size
+
+
+def check_image(path: Path, size: tuple[int, int] | None, where: str, size_from: str = "json") -> tuple[int, int]:
+    """Fail in one line if ``path`` is missing, not an image, truncated, or not ``size`` = (width, height) (as given
+    by ``size_from``, named in the message).
+
+    Reads the header with PIL (lazy, fast); PNG chunks are CRC-checked by ``verify()``; a JPEG must end with its
+    EOI marker (catches truncated downloads without decoding the pixels). Returns the real (width, height).
+    """
+    if not path.is_file():
+        raise DataError(f"{where}: image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            real = im.size
+            fmt = im.format
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{where}: unreadable or corrupt image {path} ({type(e).__name__}: {e})") from None
+    if fmt == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            n = f.tell()
+            f.seek(max(0, n - TAIL_BYTES))
+            if JPEG_EOI not in f.read():
+                raise DataError(f"{where}: corrupt image {path} (truncated JPEG: no end-of-image marker)")
+    if size is not None and tuple(real) != tuple(size):
+        raise DataError(f"{where}: {size_from} says {size[0]}x{size[1]} but the file {path} is {real[0]}x{real[1]}")
+    return real
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode to (H, W, 3) uint8 RGB. EXIF orientation is ignored so pixels match the header size (PIL, COCO json)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)  # (H, W, 3) BGR
+    if img is None:
+        raise DataError(f"cannot decode image {path}")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)  # (H, W, 3) RGB
+

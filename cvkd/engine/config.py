@@ -1,0 +1,113 @@
+"""The detector run config: four shallow sections (data, model, train, kd), validated from YAML."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..config import ConfigError
+
+
+def opt(default, help: str):
+    """A config field with a default and a one-line help shown by ``--help``."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class DataConfig:
+    train_json: str = opt("datasets/cctv_mini/train.json", "COCO instances json of the training set")
+    train_images: str = opt("datasets/cctv_mini/images/train", "image folder the training json's file_name is relative to")
+    val_json: str = opt("datasets/cctv_mini/val.json", "COCO instances json of the validation set")
+    val_images: str = opt("datasets/cctv_mini/images/val", "image folder of the validation set")
+    class_map: dict | None = opt(None, "merge/rename categories: {original name: new name}; null = keep categories")
+    imgsz: int = opt(320, "square input size (letterbox)")
+    cache: bool = opt(True, "decode and pre-resize images once, keep them in RAM")
+    workers: int = opt(2, "data-loader worker processes (0 = load in the main process)")
+    mosaic: float = opt(1.0, "probability of a 4-image mosaic per training sample")
+    close_mosaic: int = opt(10, "turn mosaic off for the last N epochs")
+    scale: float = opt(0.5, "random scale range +-")
+    translate: float = opt(0.1, "random translation, fraction of the image")
+    fliplr: float = opt(0.5, "horizontal flip probability")
+    hsv_h: float = opt(0.015, "hue jitter (fraction)")
+    hsv_s: float = opt(0.7, "saturation jitter (fraction)")
+    hsv_v: float = opt(0.4, "value/brightness jitter (fraction)")
+    box_policy: Literal["clip", "reject"] = opt("clip", "boxes partly outside the image: clip them or reject them")
+
+
+@dataclass
+class ModelConfig:
+    name: str = opt("yolov8n.yaml", "architecture (yolov8n.yaml, yolo11s.yaml, ...) or a checkpoint path to start from")
+    width: float | None = opt(None, "override the width multiplier (a camera-sized student, e.g. 0.125)")
+    depth: float | None = opt(None, "override the depth multiplier")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(30, "training epochs")
+    batch: int = opt(16, "images per step")
+    nbs: int = opt(64, "nominal batch size: gradients are accumulated to it, weight decay scaled by batch/nbs")
+    optimizer: Literal["auto", "sgd", "adamw"] = opt("auto", "auto = AdamW with lr 0.002*5/(4+classes) (ultralytics' rule for short runs)")
+    lr: float = opt(0.01, "initial learning rate (ignored by optimizer=auto)")
+    lrf: float = opt(0.01, "final learning rate as a fraction of the initial one")
+    schedule: Literal["linear", "cosine"] = opt("linear", "learning-rate decay after warm-up")
+    momentum: float = opt(0.937, "SGD momentum / Adam beta1")
+    weight_decay: float = opt(5e-4, "weight decay (at batch size nbs)")
+    warmup_epochs: float = opt(3.0, "linear warm-up length in epochs (at least 100 steps)")
+    warmup_min_steps: int = opt(100, "warm-up lasts at least this many steps")
+    warmup_bias_lr: float = opt(0.0, "starting learning rate of biases during warm-up")
+    ema: bool = opt(True, "keep an exponential moving average of the weights and evaluate/save it")
+    ema_decay: float = opt(0.9999, "EMA decay (ramped up over the first ~2000 updates)")
+    clip_grad: float = opt(10.0, "clip the gradient norm to this value (0 = off)")
+    amp: bool = opt(True, "mixed precision on CUDA (ignored on CPU)")
+    seed: int = opt(0, "random seed (data order, augmentation, initialisation)")
+    deterministic: bool = opt(True, "use deterministic algorithms where available")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
+    eval_every: int = opt(1, "evaluate every N epochs (and always after the last)")
+    eval_batch: int = opt(16, "images per evaluation step")
+    threads: int = opt(0, "torch CPU threads (0 = torch's default)")
+    max_steps: int = opt(0, "stop each epoch after N steps (0 = full epoch; for smoke tests)")
+
+
+@dataclass
+class KDConfig:
+    teacher: str = opt("", "teacher checkpoint (cvkd or ultralytics .pt); empty = plain training")
+    logit: float = opt(0.0, "weight of the dense sigmoid logit KD term (0 = off)")
+    logit_t: float = opt(1.0, "temperature of the logit KD term")
+    logit_weighting: Literal["none", "teacher_score"] = opt("teacher_score", "anchor weights of the logit KD term")
+    logit_bg: float = opt(1.0, "weight of background anchors (not assigned to an object) in the logit term")
+    feature: float = opt(0.0, "weight of the feature KD term (0 = off)")
+    feature_loss: Literal["hint", "fgd", "cwd", "pkd"] = opt("cwd", "feature loss: FitNets hint (MSE), FGD, CWD or PKD")
+    feature_mask: Literal["all", "gt", "attention"] = opt("all", "spatial mask of hint/PKD: all cells, GT boxes, teacher attention")
+    feature_bg: float = opt(1.0, "background weight of the hint loss with feature_mask=gt")
+    feature_t: float = opt(1.0, "temperature of CWD (e.g. 4) / FGD attention (e.g. 0.5)")
+    feature_levels: list[int] = opt([0, 1, 2], "student pyramid levels to distil (matched to the teacher by stride)")
+    box: float = opt(0.0, "weight of the box KD term (0 = off)")
+    box_loss: Literal["ld", "bounded", "iou", "ld+iou"] = opt("ld", "LD on DFL bins, teacher-bounded L2, GIoU imitation, or LD+GIoU")
+    box_t: float = opt(10.0, "temperature of LD")
+    box_margin: float = opt(0.0, "margin of the teacher-bounded regression loss (in stride units squared)")
+    box_region: Literal["fg", "teacher_score"] = opt("teacher_score", "where box KD applies: assigned anchors, or all weighted by teacher score")
+    decay: Literal["constant", "cosine"] = opt("constant", "KD weight schedule over training (cosine decays to 1% at the end)")
+
+
+@dataclass
+class RunConfig:
+    out: str = opt("runs", "parent folder of run folders")
+    name: str = opt("exp", "run folder name (out/name); an existing folder gets a numeric suffix unless resuming")
+    resume: str = opt("", "resume a killed run from its folder (or its last.pt)")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset and augmentation"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the trained model (student)"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation and schedule"})
+    kd: KDConfig = field(default_factory=KDConfig, metadata={"help": "distillation terms"})
+
+    def check(self) -> None:
+        if self.data.imgsz % 32:
+            raise ConfigError(f"data.imgsz must be a multiple of 32, got {self.data.imgsz}")
+        if self.train.epochs < 1 or self.train.batch < 1:
+            raise ConfigError("train.epochs and train.batch must be >= 1")
+        uses_kd = self.kd.logit > 0 or self.kd.feature > 0 or self.kd.box > 0
+        if uses_kd and not self.kd.teacher:
+            raise ConfigError("kd.logit/feature/box > 0 need a teacher: set kd.teacher=path/to/teacher.pt")
+        for name in ("logit", "feature", "box"):
+            if getattr(self.kd, name) < 0:
+                raise ConfigError(f"kd.{name} must be >= 0")

@@ -1,0 +1,133 @@
+"""The distillation terms of a detector run: loss-core functions applied to adapter outputs.
+
+Holds the only trainable distillation parts (the 1x1 hint adapters) and aligns teacher and student anchors level by
+level (by stride). Knows adapters' :class:`DetOutputs`, never a model's internals.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..losses import (
+    HintAdapter,
+    attention_masks,
+    box_mask,
+    cwd_loss,
+    distribution_kd,
+    feature_hint,
+    fgd_loss,
+    iou_imitation,
+    pkd_loss,
+    sigmoid_kd,
+    teacher_bounded_l2,
+    teacher_score_weights,
+)
+from ..models import Assignment, DetectorAdapter, DetOutputs, ModelError, check_pair, pair_levels
+from .config import KDConfig
+
+
+def _level_slices(sizes: list[int]) -> list[slice]:
+    starts = [0]
+    for n in sizes:
+        starts.append(starts[-1] + n)
+    return [slice(starts[i], starts[i + 1]) for i in range(len(sizes))]
+
+
+class Distiller(nn.Module):
+    """Computes the weighted KD terms ``{"logit": ..., "feature": ..., "box": ...}`` for one batch."""
+
+    def __init__(self, cfg: KDConfig, student: DetectorAdapter, teacher: DetectorAdapter, imgsz: int):
+        super().__init__()
+        check_pair(student, teacher)
+        self.cfg = cfg
+        self.pairs = pair_levels(student.strides, teacher.strides)  # [(level_s, level_t)] with equal strides
+        self.feature_pairs = [p for p in self.pairs if p[0] in cfg.feature_levels]
+        if cfg.feature > 0 and not self.feature_pairs:
+            raise ModelError(f"kd.feature_levels {cfg.feature_levels} select no level shared with the teacher")
+        if cfg.box > 0 and "ld" in cfg.box_loss and (student.reg_max != teacher.reg_max):
+            raise ModelError(f"LD needs equal DFL bins: student reg_max {student.reg_max}, teacher {teacher.reg_max}")
+        self.adapters = nn.ModuleList()
+        if cfg.feature > 0:
+            ch_s, ch_t = student.feature_channels(imgsz), teacher.feature_channels(imgsz)
+            self.adapters.extend(HintAdapter(ch_s[ls], ch_t[lt]) for ls, lt in self.feature_pairs)
+        self.same_anchors = student.strides == teacher.strides
+
+    def _align(self, out_s: DetOutputs, out_t: DetOutputs) -> tuple[Tensor, Tensor]:
+        """Anchor indices of the shared levels in student and teacher order: (A',) each."""
+        if self.same_anchors:
+            idx = torch.arange(out_s.cls_logits.shape[1], device=out_s.cls_logits.device)
+            return idx, idx
+        sl_s, sl_t = _level_slices(out_s.level_sizes), _level_slices(out_t.level_sizes)
+        dev = out_s.cls_logits.device
+        idx_s = torch.cat([torch.arange(sl_s[ls].start, sl_s[ls].stop, device=dev) for ls, _ in self.pairs])
+        idx_t = torch.cat([torch.arange(sl_t[lt].start, sl_t[lt].stop, device=dev) for _, lt in self.pairs])
+        return idx_s, idx_t
+
+    def weight_factor(self, epoch: int, epochs: int) -> float:
+        if self.cfg.decay == "constant":
+            return 1.0
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
+
+    def forward(self, out_s: DetOutputs, out_t: DetOutputs, assign: Assignment, batch: dict) -> dict[str, Tensor]:
+        cfg = self.cfg
+        terms: dict[str, Tensor] = {}
+        idx_s, idx_t = self._align(out_s, out_t)
+        B = out_s.cls_logits.shape[0]
+        z_s = out_s.cls_logits[:, idx_s].reshape(-1, out_s.cls_logits.shape[-1])  # (B*A', K)
+        z_t = out_t.cls_logits[:, idx_t].reshape(-1, out_t.cls_logits.shape[-1])  # (B*A', K)
+        fg = assign.fg_mask[:, idx_s].reshape(-1)  # (B*A',)
+        score_t = teacher_score_weights(z_t)  # (B*A',)
+
+        if cfg.logit > 0:
+            w = score_t if cfg.logit_weighting == "teacher_score" else None
+            terms["logit"] = cfg.logit * sigmoid_kd(z_s, z_t, cfg.logit_t, weight=w, fg_mask=fg, bg_weight=cfg.logit_bg)
+
+        if cfg.feature > 0:
+            boxes = batch["bboxes"].to(z_s.device).float()
+            bidx = batch["batch_idx"].to(z_s.device)
+            level_losses = []
+            for (ls, lt), adapter in zip(self.feature_pairs, self.adapters):
+                f_t = out_t.feats[lt]
+                f_s = adapter(out_s.feats[ls], f_t.shape[-2:])  # (B, C_t, H_t, W_t)
+                stride = out_t.strides[lt]
+                if cfg.feature_loss == "cwd":
+                    level_losses.append(cwd_loss(f_s, f_t, cfg.feature_t))
+                elif cfg.feature_loss == "fgd":
+                    m = box_mask(boxes, bidx, B, f_t.shape[-2:], stride, area_norm=True)
+                    level_losses.append(fgd_loss(f_s, f_t, m, temperature=cfg.feature_t))
+                else:
+                    mask, fg_map = None, None
+                    if cfg.feature_mask == "gt":
+                        fg_map = box_mask(boxes, bidx, B, f_t.shape[-2:], stride)
+                    elif cfg.feature_mask == "attention":
+                        mask = attention_masks(f_t, cfg.feature_t)[0]
+                    if cfg.feature_loss == "hint":
+                        level_losses.append(feature_hint(f_s, f_t, mask, fg_map, cfg.feature_bg))
+                    else:
+                        level_losses.append(pkd_loss(f_s, f_t, mask if fg_map is None else fg_map))
+            terms["feature"] = cfg.feature * torch.stack(level_losses).mean()
+
+        if cfg.box > 0:
+            region = fg.float() if cfg.box_region == "fg" else score_t
+            box = z_s.new_zeros((), dtype=torch.float32)
+            if "ld" in cfg.box_loss:
+                if out_s.box_bins is None or out_t.box_bins is None:
+                    raise ModelError("LD needs DFL bin outputs from both detectors")
+                R = out_s.box_bins.shape[-1]
+                bins_s = out_s.box_bins[:, idx_s].reshape(-1, 4, R)  # (B*A', 4, R)
+                bins_t = out_t.box_bins[:, idx_t].reshape(-1, 4, R)
+                box = box + distribution_kd(bins_s, bins_t, cfg.box_t, weight=region)
+            boxes_s = out_s.boxes[:, idx_s].reshape(-1, 4)  # (B*A', 4) pixels
+            boxes_t = out_t.boxes[:, idx_t].reshape(-1, 4)
+            if "iou" in cfg.box_loss:
+                box = box + iou_imitation(boxes_s, boxes_t, weight=region)
+            if cfg.box_loss == "bounded":
+                stride = out_s.anchor_strides[idx_s].repeat(B)[:, None]  # (B*A', 1)
+                gt = assign.target_boxes[:, idx_s].reshape(-1, 4)
+                box = box + teacher_bounded_l2(
+                    boxes_s / stride, boxes_t / stride, gt / stride, cfg.box_margin, weight=fg.float()
+                )
+            terms["box"] = cfg.box * box
+        return terms

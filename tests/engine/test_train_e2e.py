@@ -1,0 +1,133 @@
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cvkd.checkpoint import load_checkpoint, save_checkpoint
+from cvkd.models import build_detector, load_detector
+
+from .conftest import ROOT, run_tool
+
+
+def _rows(run: Path) -> list[dict]:
+    with (run / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _teacher(tmp_path: Path) -> Path:
+    t = build_detector("yolov8s.yaml", ["person"])
+    path = tmp_path / "teacher.pt"
+    save_checkpoint(path, "detector", t.model.state_dict(),
+                    {"family": "yolo", "arch": t.arch_spec(), "class_names": ["person"]})
+    return path
+
+
+def test_distill_smoke_all_terms(tmp_path, tiny_run):
+    teacher = _teacher(tmp_path)
+    r = run_tool("distill.py", [*tiny_run, "name=kd", "train.epochs=2", f"kd.teacher={teacher}", "kd.logit=1",
+                                "kd.feature=1", "kd.box=1", "kd.box_loss=ld+iou", "kd.feature_loss=fgd"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "runs" / "kd"
+    for f in ("config.yaml", "results.csv", "results.png", "last.pt", "best.pt", "final.pt", "train.log"):
+        assert (run / f).is_file(), f
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for key in ("loss_box", "loss_cls", "loss_dfl", "loss_kd_logit", "loss_kd_feature", "loss_kd_box", "map", "ap50"):
+        assert rows[-1][key] != "" and math.isfinite(float(rows[-1][key])), key
+    assert "map=" in r.stdout
+    assert load_detector(run / "final.pt").class_names == ["person"]
+    assert "kd:\n  teacher: " in (run / "config.yaml").read_text()
+
+
+def test_train_resumes_after_kill(tmp_path, tiny_run):
+    args = [*tiny_run, "name=res", "train.epochs=4"]
+    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train.py"), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "runs" / "res"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "last.pt").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(run / "last.pt", "detector")["epoch"] + 1  # finished epochs (1-based) at the kill
+    before = _rows(run)[:done]
+    r = run_tool("train.py", [f"resume={run}"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = _rows(run)
+    assert [int(x["epoch"]) for x in rows] == [1, 2, 3, 4]
+    assert rows[:done] == before  # finished epochs kept as they were
+    log = (run / "train.log").read_text()
+    if done < 4:
+        assert f"epoch {done + 1} of 4 is next" in log
+
+
+def test_nan_weights_stop_with_one_line(tmp_path, tiny_run):
+    m = build_detector("yolov8n.yaml", ["person"])
+    sd = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v) for k, v in m.model.state_dict().items()}
+    bad = tmp_path / "nan.pt"
+    save_checkpoint(bad, "detector", sd, {"family": "yolo", "arch": m.arch_spec(), "class_names": ["person"]})
+    r = run_tool("train.py", [*tiny_run, "name=nan", "train.epochs=1", f"model.name={bad}"])
+    assert r.returncode == 2
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: non-finite loss in term '") and "epoch 1, step 1" in last
+
+
+def test_bad_config_and_missing_teacher(tmp_path, tiny_run):
+    r = run_tool("train.py", [*tiny_run, "train.epoch=3"])
+    assert r.returncode == 2 and "did you mean 'epochs'" in r.stderr and "Traceback" not in r.stderr
+    r = run_tool("distill.py", [*tiny_run])
+    assert r.returncode == 2 and "needs a teacher" in r.stderr
+    r = run_tool("distill.py", [*tiny_run, f"kd.teacher={tmp_path / 'nope.pt'}", "kd.logit=1"])
+    assert r.returncode == 2 and "nope.pt" in r.stderr and "Traceback" not in r.stderr
+    r = run_tool("train.py", ["--help"])
+    assert r.returncode == 0 and "kd.feature_loss" in r.stdout and "train.epochs" in r.stdout
+
+
+def test_torchrun_two_processes_gloo(tmp_path, tiny_run):
+    """2 CPU processes (gloo): both ranks end with identical weights, and the first step's loss equals the
+    single-process one on the same global batch. The detection loss is normalised over the global batch (as one
+    process would); the frames are identical copies with augmentation off because BatchNorm statistics are
+    per-process (no SyncBatchNorm), which would otherwise differ from one process's batch statistics."""
+    import json
+    import shutil
+
+    src_json = Path(next(a for a in tiny_run if a.startswith("data.train_json=")).split("=", 1)[1])
+    src = json.loads(src_json.read_text())
+    im0 = src["images"][0]
+    anns0 = [a for a in src["annotations"] if a["image_id"] == im0["id"]]
+    img_dir = tmp_path / "same_images"
+    img_dir.mkdir()
+    images, anns = [], []
+    for k in range(4):  # the same frame four times under four names
+        name = f"copy{k}.jpg"
+        shutil.copy(ROOT / "datasets" / "cctv_mini" / "images" / "train" / im0["file_name"], img_dir / name)
+        images.append(dict(im0, id=k + 1, file_name=name))
+        anns += [dict(a, id=100 * k + j, image_id=k + 1) for j, a in enumerate(anns0)]
+    train_json = tmp_path / "same.json"
+    train_json.write_text(json.dumps({"images": images, "annotations": anns, "categories": src["categories"]}))
+    same = [a for a in tiny_run if not a.startswith(("data.train_json=", "data.train_images="))]
+    args = [*same, f"data.train_json={train_json}", f"data.train_images={img_dir}", "data.mosaic=0", "data.scale=0", "data.translate=0",
+            "data.fliplr=0", "data.hsv_h=0", "data.hsv_s=0", "data.hsv_v=0", "train.batch=4", "train.epochs=1", "data.imgsz=128",
+            "train.device=cpu"]
+    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           str(ROOT / "tools" / "train.py"), *args, "name=ddp"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log2 = (tmp_path / "runs" / "ddp" / "train.log").read_text()
+    assert "2 processes" in log2 and "student weights identical on all 2 processes: True" in log2
+    r1 = run_tool("train.py", [*args, "name=single"])
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    log1 = (tmp_path / "runs" / "single" / "train.log").read_text()
+
+    def first_loss(text):
+        return float(text.split("first step loss ")[1].split()[0])
+
+    assert abs(first_loss(log1) - first_loss(log2)) < 1e-4 * max(1.0, abs(first_loss(log1)))

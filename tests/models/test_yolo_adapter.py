@@ -1,0 +1,155 @@
+import socket
+
+import pytest
+import torch
+
+from cvkd.engine.config import KDConfig
+from cvkd.engine.distill import Distiller
+from cvkd.models import ModelError, build_detector, check_pair, load_detector, pair_levels
+
+IMG = 64
+
+
+def _batch():
+    return {
+        "batch_idx": torch.tensor([0.0, 1.0, 1.0]),
+        "cls": torch.tensor([0.0, 0.0, 0.0]),
+        "bboxes": torch.tensor([[4.0, 4.0, 40.0, 60.0], [10.0, 20.0, 30.0, 50.0], [32.0, 8.0, 60.0, 40.0]]),
+    }
+
+
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml"])
+def test_output_shapes(name):
+    m = build_detector(name, ["person"]).train()
+    out = m(torch.rand(2, 3, IMG, IMG))
+    A = sum((IMG // s) ** 2 for s in (8, 16, 32))
+    assert out.strides == [8, 16, 32] and m.strides == [8, 16, 32]
+    assert out.cls_logits.shape == (2, A, 1)
+    assert out.box_bins.shape == (2, A, 4, 16)
+    assert out.boxes.shape == (2, A, 4) and out.anchors.shape == (A, 2) and out.anchor_strides.shape == (A,)
+    assert [f.shape[-1] for f in out.feats] == [8, 4, 2]
+    assert torch.all(out.boxes[..., 2:] >= out.boxes[..., :2])  # xyxy
+    preds = m.eval().predict(torch.rand(2, 3, IMG, IMG), conf=0.0)
+    assert len(preds) == 2 and preds[0]["boxes"].shape[1] == 4
+
+
+def test_detection_loss_reaches_every_parameter():
+    m = build_detector("yolov8n.yaml", ["person"]).train()
+    out = m(torch.rand(2, 3, IMG, IMG))
+    total, items, assign = m.loss(out, _batch())
+    total.backward()
+    assert set(items) == {"box", "cls", "dfl"} and assign.fg_mask.shape == out.cls_logits.shape[:2]
+    # box-branch parameters of a level only learn from anchors assigned to objects on that level
+    sizes = [f.shape[2] * f.shape[3] for f in out.feats]
+    fg_levels = {i for i, chunk in enumerate(assign.fg_mask.split(sizes, dim=1)) if chunk.any()}
+    assert fg_levels
+    idle = tuple(f"model.model.22.cv2.{i}." for i in range(3) if i not in fg_levels)
+    missing = [n for n, p in m.named_parameters()
+               if p.requires_grad and not n.startswith(idle or ("-",)) and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, missing[:5]
+
+
+def _params_of(model, part):
+    head = model.model.model[-1]
+    mod = {"cls": head.cv3, "box": head.cv2}[part]
+    return [p for p in mod.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("term", ["logit", "feature", "box"])
+def test_each_kd_term_reaches_student_and_adapter_not_teacher(term):
+    torch.manual_seed(0)
+    s = build_detector("yolov8n.yaml", ["person"]).train()
+    t = build_detector("yolov8s.yaml", ["person"]).eval()
+    kd = KDConfig(teacher="x", **{term: 1.0})
+    dist = Distiller(kd, s, t, IMG)
+    img = torch.rand(2, 3, IMG, IMG)
+    out_s = s(img)
+    _, _, assign = s.loss(out_s, _batch())
+    out_t = t(img)
+    terms = dist(out_s, out_t, assign, _batch())
+    assert set(terms) == {term} and terms[term].item() > 0
+    terms[term].backward()
+    assert all(p.grad is None for p in t.parameters())
+    backbone = [p for p in s.model.model[0].parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in backbone)
+    if term == "logit":
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in _params_of(s, "cls"))
+    if term == "box":
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in _params_of(s, "box"))
+    if term == "feature":
+        assert len(dist.adapters) == 3
+        assert all(a.proj.weight.grad.abs().sum() > 0 for a in dist.adapters)
+
+
+def test_all_terms_together_reach_every_student_parameter():
+    torch.manual_seed(0)
+    s = build_detector("yolov8n.yaml", ["person"]).train()
+    t = build_detector("yolov8s.yaml", ["person"]).eval()
+    dist = Distiller(KDConfig(teacher="x", logit=1.0, feature=1.0, box=1.0, box_loss="ld+iou"), s, t, IMG)
+    img = torch.rand(2, 3, IMG, IMG)
+    out_s = s(img)
+    _, _, assign = s.loss(out_s, _batch())
+    sum(dist(out_s, t(img), assign, _batch()).values()).backward()
+    missing = [n for n, p in s.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, missing[:5]
+
+
+def test_bounded_box_term():
+    s = build_detector("yolov8n.yaml", ["person"]).train()
+    t = build_detector("yolov8n.yaml", ["person"]).eval()
+    dist = Distiller(KDConfig(teacher="x", box=1.0, box_loss="bounded"), s, t, IMG)
+    img = torch.rand(2, 3, IMG, IMG)
+    out_s = s(img)
+    _, _, assign = s.loss(out_s, _batch())
+    val = dist(out_s, t(img), assign, _batch())["box"]
+    assert torch.isfinite(val)
+
+
+def test_unpairable_models_fail_in_one_line():
+    s = build_detector("yolov8n.yaml", ["person"])
+    t = build_detector("yolov8n.yaml", ["person", "car"])
+    with pytest.raises(ModelError, match="teacher classes"):
+        check_pair(s, t)
+    with pytest.raises(ModelError, match="no common feature stride"):
+        pair_levels([8, 16], [32, 64])
+    assert pair_levels([8, 16, 32], [16, 32, 64]) == [(1, 0), (2, 1)]
+
+
+def test_width_override_makes_a_smaller_student():
+    small = build_detector("yolov8n.yaml", ["person"], width=0.125)
+    base = build_detector("yolov8n.yaml", ["person"])
+    assert sum(p.numel() for p in small.parameters()) < 0.5 * sum(p.numel() for p in base.parameters())
+
+
+def test_wrong_checkpoints_fail_in_one_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelError, match="bad.pt"):
+        load_detector(bad)
+    clf = tmp_path / "clf.pt"
+    torch.save({"model": torch.nn.Linear(2, 2)}, clf)
+    with pytest.raises(ModelError, match="not an ultralytics detection checkpoint"):
+        load_detector(clf)
+    from cvkd.checkpoint import save_checkpoint
+
+    lm = tmp_path / "lm.pt"
+    save_checkpoint(lm, "lm", {}, {})
+    with pytest.raises(ModelError, match="expected a 'detector' checkpoint"):
+        load_detector(lm)
+    with pytest.raises(ModelError, match="not found"):
+        load_detector(tmp_path / "missing.pt")
+    with pytest.raises(ModelError, match="unknown"):
+        build_detector("resnet50", ["person"])
+
+
+def test_nothing_reaches_the_network(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    m = build_detector("yolo11n.yaml", ["person"]).train()
+    out = m(torch.rand(1, 3, IMG, IMG))
+    m.loss(out, {"batch_idx": torch.zeros(1), "cls": torch.zeros(1), "bboxes": torch.tensor([[1.0, 1, 30, 30]])})
+    m.eval().predict(torch.rand(1, 3, IMG, IMG))
