@@ -33,11 +33,11 @@ COLUMNS = ["model", "role", "method", "seed", "imgsz", "epochs", "params_m", "gf
            "sec_per_epoch", "run"]
 # KD settings of the cvkd rows (see docs/cctv_sweep.md for how they were chosen)
 KD_ROWS = {
-    "logit": ["kd.logit=1.0", "kd.logit_t=1.0"],
-    "feature": ["kd.feature=1.0", "kd.feature_loss=cwd", "kd.feature_t=4.0"],
-    "box": ["kd.box=1.0", "kd.box_loss=ld", "kd.box_t=10.0"],
-    "all": ["kd.logit=1.0", "kd.feature=1.0", "kd.feature_loss=cwd", "kd.feature_t=4.0", "kd.box=1.0",
-            "kd.box_loss=ld"],
+    "logit": ["kd.logit=4.0", "kd.logit_t=1.0"],
+    "feature": ["kd.feature=2.0", "kd.feature_loss=cwd", "kd.feature_t=4.0"],
+    "box": ["kd.box=0.25", "kd.box_loss=ld", "kd.box_t=10.0"],
+    "all": ["kd.logit=4.0", "kd.logit_t=1.0", "kd.feature=2.0", "kd.feature_loss=cwd", "kd.feature_t=4.0",
+            "kd.box=0.25", "kd.box_loss=ld", "kd.box_t=10.0"],
 }
 ALL_ROWS = ["teacher", "student", *KD_ROWS, "ultralytics_none", "ultralytics_kd"]
 
@@ -53,7 +53,8 @@ def ensure_data() -> None:
 
 def common(args, name: str, seed: int) -> list[str]:
     return [f"out={args.out}", f"name={name}", f"train.epochs={args.epochs}", f"data.imgsz={args.imgsz}",
-            f"train.seed={seed}", f"train.device={args.device}", f"train.batch={args.batch}"]
+            f"train.seed={seed}", f"train.device={args.device}", f"train.batch={args.batch}",
+            f"train.threads={args.threads}"]
 
 
 def run_cvkd(args, tool: str, config: str, name: str, seed: int, extra: list[str]) -> Path:
@@ -97,7 +98,8 @@ def run_ultralytics(args, name: str, seed: int, teacher_pt: Path | None) -> Path
     if (run / "weights" / "last.pt").is_file():
         cmd = ["yolo", "detect", "train", f"resume={run / 'weights' / 'last.pt'}"]
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+    env = {**os.environ, "YOLO_OFFLINE": "1", **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    subprocess.run(cmd, check=True, env=env)
     return run
 
 
@@ -197,6 +199,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student rows (teacher: seed 0)")
     ap.add_argument("--rows", nargs="+", default=ALL_ROWS, choices=ALL_ROWS, help="which rows to run")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads per run, both tools (0 = their default)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_cctv"), help="folder of the benchmark's runs")
     args = ap.parse_args()
     ensure_data()

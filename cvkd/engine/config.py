@@ -33,6 +33,12 @@ class DataConfig:
     hsv_s: float = opt(0.7, "saturation jitter (fraction)")
     hsv_v: float = opt(0.4, "value/brightness jitter (fraction)")
     box_policy: Literal["clip", "reject"] = opt("clip", "boxes partly outside the image: clip them or reject them")
+    extra_train: list[dict] = opt([], "more labelled sets [{json: ..., images: ...}], e.g. teacher pseudo-labels "
+                                      "from tools/pseudo_label.py (hard-label KD)")
+    unlabeled: list[str] = opt([], "folders of unlabelled frames: only the KD terms train on them (soft-label KD)")
+    unlabeled_batch: int = opt(0, "unlabelled images per step (0 = train.batch)")
+    unlabeled_weight: float = opt(1.0, "weight of the KD terms on unlabelled frames")
+    pseudo_conf: float = opt(0.25, "teacher score above which its boxes stand in for ground truth on unlabelled frames")
 
 
 @dataclass
@@ -108,6 +114,9 @@ class RunConfig:
         uses_kd = self.kd.logit > 0 or self.kd.feature > 0 or self.kd.box > 0
         if uses_kd and not self.kd.teacher:
             raise ConfigError("kd.logit/feature/box > 0 need a teacher: set kd.teacher=path/to/teacher.pt")
+        if self.data.unlabeled and not uses_kd:
+            raise ConfigError("data.unlabeled needs KD terms (kd.logit/feature/box > 0) and a teacher: "
+                              "unlabelled frames train only through distillation")
         for name in ("logit", "feature", "box"):
             if getattr(self.kd, name) < 0:
                 raise ConfigError(f"kd.{name} must be >= 0")

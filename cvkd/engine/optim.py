@@ -56,11 +56,8 @@ def set_lr(opt, cfg: TrainConfig, base_lr: float, momentum: float, epoch: int, s
         if step < warmup_steps:
             start = cfg.warmup_bias_lr if i == 0 else 0.0
             g["lr"] = start + (target - start) * step / warmup_steps
-            mom = 0.8 + (momentum - 0.8) * step / warmup_steps
-            if "betas" in g:
-                g["betas"] = (mom, g["betas"][1])
-            elif "momentum" in g:
-                g["momentum"] = mom
+            if "momentum" in g:  # SGD only; Adam's betas stay fixed (as in ultralytics)
+                g["momentum"] = 0.8 + (momentum - 0.8) * step / warmup_steps
         else:
             g["lr"] = target
     return opt.param_groups[0]["lr"]

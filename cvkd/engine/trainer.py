@@ -20,6 +20,7 @@ from ..config import ConfigError, load_config, save_config, to_dict
 from ..models import DetectorAdapter, ModelError, build_detector, load_detector
 from .config import RunConfig
 from .distill import Distiller
+from .extra_data import add_extra_train, load_unlabeled, teacher_targets
 from .distributed import Dist, barrier, broadcast, check_replicas, mean_across, sharded_loader, sum_across
 from .distributed import cleanup as dist_cleanup
 from .distributed import setup as dist_setup
@@ -111,10 +112,14 @@ class Objective(nn.Module):
         super().__init__()
         self.student, self.distiller = student, distiller
 
-    def forward(self, img: torch.Tensor, batch: dict, out_t, kd_factor: float):
+    def forward(self, img: torch.Tensor, batch: dict, out_t, kd_factor: float, pseudo: tuple | None = None):
         out_s = self.student(img)
-        total, items, assign = self.student.loss(out_s, batch)
-        terms = {k: torch.as_tensor(v) for k, v in items.items()}
+        if pseudo is not None:  # unlabelled frames: KD terms only, teacher boxes stand in for ground truth
+            batch, assign = pseudo
+            total, terms = img.new_zeros(()), {}
+        else:
+            total, items, assign = self.student.loss(out_s, batch)
+            terms = {k: torch.as_tensor(v) for k, v in items.items()}
         if self.distiller is not None:
             for k, v in self.distiller(out_s, out_t, assign, batch).items():
                 total = total + kd_factor * v * img.shape[0]  # per-image weight, like the detection loss
@@ -122,14 +127,23 @@ class Objective(nn.Module):
         return total, terms
 
 
-def _train_loader(cfg: RunConfig, d: Dist, train_data, epoch: int):
+def _train_loader(cfg: RunConfig, d: Dist, train_data, epoch: int, batch: int = 0):
+    from types import SimpleNamespace
+
     from ..data import build_loaders, collate_fn, seed_worker
 
+    batch = batch or cfg.train.batch
     mosaic_on = epoch < cfg.train.epochs - cfg.data.close_mosaic
-    loader, ds = build_loaders(cfg.data, cfg.train, train_data, seed=cfg.train.seed + epoch, mosaic=mosaic_on)
+    loader, ds = build_loaders(cfg.data, SimpleNamespace(batch=batch), train_data, seed=cfg.train.seed + epoch,
+                               mosaic=mosaic_on)
     if d.enabled:
-        loader = sharded_loader(d, ds, cfg.train.batch, cfg.data.workers, cfg.train.seed, epoch, collate_fn, seed_worker)
+        loader = sharded_loader(d, ds, batch, cfg.data.workers, cfg.train.seed, epoch, collate_fn, seed_worker)
     return loader
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
 
 
 def train(cfg: RunConfig) -> dict:
@@ -149,7 +163,12 @@ def train(cfg: RunConfig) -> dict:
     log.info(f"cvkd {__version__}: run folder {run_dir}, device {device}" + (f", {d.world} processes" if d.enabled else ""))
 
     train_data, val_data = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+    if cfg.data.extra_train:
+        train_data = add_extra_train(train_data, cfg.data.extra_train, cfg.data.class_map, cfg.data.box_policy)
     class_names = train_data.class_names
+    unl_data = load_unlabeled(cfg.data.unlabeled, class_names, train_data.cat_ids)
+    if unl_data is not None:
+        unl_data.cache = cfg.data.cache
     if val_data.class_names != class_names:
         raise ConfigError(f"train classes {class_names} differ from val classes {val_data.class_names}")
     student = build_student(cfg, class_names).to(device)
@@ -165,7 +184,7 @@ def train(cfg: RunConfig) -> dict:
     objective = Objective(student, distiller)
     step_fn = objective
     if d.enabled:
-        step_fn = DDP(objective)
+        step_fn = DDP(objective, find_unused_parameters=bool(cfg.data.unlabeled))  # KD-only steps skip some heads
         if hasattr(student, "sum_across"):  # the detection loss normalises over the global batch
             student.sum_across = lambda t: sum_across(d, t)
 
@@ -201,6 +220,7 @@ def train(cfg: RunConfig) -> dict:
     lr = base_lr
     for epoch in range(start_epoch, cfg.train.epochs):
         loader = _train_loader(cfg, d, train_data, epoch)
+        unl_iter = _cycle(_train_loader(cfg, d, unl_data, epoch, cfg.data.unlabeled_batch)) if unl_data else None
         objective.train()
         sums: dict[str, float] = {}
         t0 = time.time()
@@ -208,6 +228,7 @@ def train(cfg: RunConfig) -> dict:
         bar = tqdm(loader, total=nb, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, mininterval=2,
                    disable=not d.main)
         opt.zero_grad(set_to_none=True)
+        last_opt_step = epoch * nb - 1  # each epoch ends with a step (see below), so none carries over
         for i, batch in enumerate(bar):
             if i >= nb:
                 break
@@ -231,7 +252,21 @@ def train(cfg: RunConfig) -> dict:
                 parts = " ".join(f"{k}={float(v):.6f}" for k, v in terms.items())
                 log.info(f"first step loss {first:.6f} (per image, mean over processes): {parts}")
             scaler.scale(total * d.world).backward()  # DDP averages gradients over processes: undo it
-            if (i + 1) % accumulate == 0 or i + 1 == nb:
+            if unl_iter is not None:  # soft-label KD on an unlabelled batch, gradients accumulate with the labelled ones
+                img_u = next(unl_iter)["img"].to(device, non_blocking=True)
+                with torch.autocast(device.type, enabled=use_amp):
+                    with torch.no_grad():
+                        out_tu = teacher(img_u)
+                    pseudo = teacher_targets(teacher, out_tu, img_u, cfg.data.pseudo_conf)
+                    total_u, terms_u = step_fn(img_u, None, out_tu, kd_factor * cfg.data.unlabeled_weight, pseudo)
+                if not torch.isfinite(total_u):
+                    raise TrainingError(f"non-finite KD loss on unlabelled frames at epoch {epoch + 1}, step {i + 1}")
+                scaler.scale(total_u * d.world).backward()
+                terms.update({f"u{k}": mean_across(d, v) for k, v in terms_u.items()})
+            # accumulate to the nominal batch; during warm-up the accumulation ramps up from 1 (as ultralytics does)
+            acc = accumulate if step >= warmup_steps else max(1, round(1 + (accumulate - 1) * step / warmup_steps))
+            if step - last_opt_step >= acc or i + 1 == nb:
+                last_opt_step = step
                 scaler.unscale_(opt)
                 if cfg.train.clip_grad > 0:
                     torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.train.clip_grad)

@@ -131,3 +131,32 @@ def test_torchrun_two_processes_gloo(tmp_path, tiny_run):
         return float(text.split("first step loss ")[1].split()[0])
 
     assert abs(first_loss(log1) - first_loss(log2)) < 1e-4 * max(1.0, abs(first_loss(log1)))
+
+
+def test_pseudo_labelled_and_unlabelled_data(tmp_path, tiny_run):
+    """Hard-label KD (an extra pseudo-labelled set) and soft-label KD (an unlabelled folder) in one short run."""
+    import json
+    import shutil
+
+    teacher = _teacher(tmp_path)
+    src_json = Path(next(a for a in tiny_run if a.startswith("data.train_json=")).split("=", 1)[1])
+    pseudo = json.loads(src_json.read_text())  # stands in for tools/pseudo_label.py output
+    for a in pseudo["annotations"]:
+        a["score"] = 0.9
+    pseudo_json = tmp_path / "pseudo.json"
+    pseudo_json.write_text(json.dumps(pseudo))
+    unl = tmp_path / "unlabeled"
+    unl.mkdir()
+    for im in pseudo["images"][:2]:
+        shutil.copy(ROOT / "datasets" / "cctv_mini" / "images" / "train" / im["file_name"], unl / im["file_name"])
+    extra = f"data.extra_train=[{{json: '{pseudo_json}', images: '{ROOT / 'datasets/cctv_mini/images/train'}'}}]"
+    r = run_tool("distill.py", [*tiny_run, "name=semi", "train.epochs=1", f"kd.teacher={teacher}", "kd.logit=1",
+                                "kd.feature=1", "kd.feature_mask=gt", "kd.feature_loss=hint", extra,
+                                f"data.unlabeled=['{unl}']", "data.unlabeled_batch=2", "data.pseudo_conf=0.0"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = _rows(tmp_path / "runs" / "semi")
+    assert float(rows[-1]["loss_ukd_logit"]) > 0 and float(rows[-1]["loss_ukd_feature"]) > 0
+    log = (tmp_path / "runs" / "semi" / "train.log").read_text()
+    assert "extra training set" in log and "unlabeled frames for soft KD: 2" in log
+    r = run_tool("train.py", [*tiny_run, "name=bad", f"data.unlabeled=['{unl}']"])
+    assert r.returncode == 2 and "data.unlabeled needs KD terms" in r.stderr
