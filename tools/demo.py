@@ -21,7 +21,8 @@ def main() -> int:
     from cvkd.checkpoint import CheckpointError
     from cvkd.config import ConfigError
     from cvkd.data import CocoDataset, DataError, load_split
-    from cvkd.engine.trainer import TrainingError, pick_device, resolve_config, train
+    from cvkd.engine.trainer import TrainingError, resolve_config, train
+    from cvkd.runs import pick_device
     from cvkd.eval import evaluate
     from cvkd.models import ModelError, load_detector
 

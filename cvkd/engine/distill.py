@@ -24,7 +24,14 @@ from ..losses import (
     teacher_bounded_l2,
     teacher_score_weights,
 )
-from ..models import Assignment, DetectorAdapter, DetOutputs, ModelError, check_pair, pair_levels
+from ..models import (
+    Assignment,
+    DetectorAdapter,
+    DetOutputs,
+    ModelError,
+    check_pair,
+    pair_levels,
+)
 from .config import KDConfig
 
 

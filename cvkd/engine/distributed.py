@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..config import ConfigError
+from ..runs import pick_device
 
 
 @dataclass
@@ -29,8 +30,6 @@ class Dist:
 
 def setup(device_name: str) -> tuple[Dist, torch.device]:
     """Read torchrun's env (WORLD_SIZE, RANK, LOCAL_RANK); one process = no process group."""
-    from .trainer import pick_device
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(), pick_device(device_name)

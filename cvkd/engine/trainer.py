@@ -3,12 +3,9 @@ distilled student get exactly the same data, augmentation and schedule."""
 from __future__ import annotations
 
 import logging
-import math
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -16,14 +13,23 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
-from ..config import ConfigError, load_config, save_config, to_dict
+from ..config import ConfigError, save_config, to_dict
 from ..models import DetectorAdapter, ModelError, build_detector, load_detector
+from ..runs import make_run_dir, resolve_run_config, seed_everything, setup_logging
 from .config import RunConfig
 from .distill import Distiller
-from .extra_data import add_extra_train, load_unlabeled, teacher_targets
-from .distributed import Dist, barrier, broadcast, check_replicas, mean_across, sharded_loader, sum_across
+from .distributed import (
+    Dist,
+    barrier,
+    broadcast,
+    check_replicas,
+    mean_across,
+    sharded_loader,
+    sum_across,
+)
 from .distributed import cleanup as dist_cleanup
 from .distributed import setup as dist_setup
+from .extra_data import add_extra_train, load_unlabeled, teacher_targets
 from .optim import ModelEMA, build_optimizer, set_lr
 from .report import plot_results, read_rows, write_rows
 
@@ -35,59 +41,8 @@ class TrainingError(RuntimeError):
 
 
 def resolve_config(config_path: str | None, overrides: list[str]) -> RunConfig:
-    """The config of a new run, or, with ``resume=...``, the saved config of that run plus the overrides."""
-    cfg = load_config(RunConfig, config_path, overrides)
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        run_dir = run_dir.parent if run_dir.suffix == ".pt" else run_dir
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"resume={cfg.resume}: no config.yaml there (is it a cvkd run folder?)")
-        cfg = load_config(RunConfig, run_dir / "config.yaml", [o for o in overrides if not o.startswith("resume=")])
-        cfg.resume = str(run_dir)
-    return cfg
-
-
-def _run_dir(cfg: RunConfig) -> Path:
-    if cfg.resume:
-        return Path(cfg.resume)
-    base = Path(cfg.out) / cfg.name
-    path, i = base, 2
-    while path.exists():
-        path, i = base.with_name(f"{base.name}{i}"), i + 1
-    path.mkdir(parents=True)
-    return path
-
-
-def _setup_logging(run_dir: Path) -> None:
-    log.setLevel(logging.INFO)
-    for h in list(log.handlers):
-        if getattr(h, "_cvkd", False):
-            log.removeHandler(h)
-    fh = logging.FileHandler(run_dir / "train.log")
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    sh = logging.StreamHandler()
-    sh.setFormatter(logging.Formatter("%(message)s"))
-    for h in (fh, sh):
-        h._cvkd = True  # type: ignore[attr-defined]
-        log.addHandler(h)
-    log.propagate = False
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available on this machine")
-    return torch.device(name)
+    """The config of a new detector run, or of the run being resumed plus the overrides."""
+    return resolve_run_config(RunConfig, config_path, overrides)
 
 
 def build_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter:
@@ -152,9 +107,9 @@ def train(cfg: RunConfig) -> dict:
     from ..eval import evaluate
 
     d, device = dist_setup(cfg.train.device)
-    run_dir = Path(broadcast(d, str(_run_dir(cfg)) if d.main else None))
+    run_dir = Path(broadcast(d, str(make_run_dir(cfg.out, cfg.name, cfg.resume)) if d.main else None))
     if d.main:
-        _setup_logging(run_dir)
+        setup_logging(run_dir)
         save_config(cfg, run_dir / "config.yaml")
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     if cfg.train.threads:

@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from ..config import ConfigError, load_config, save_config, to_dict
+from ..config import ConfigError, save_config, to_dict
 from ..engine.report import read_rows, write_rows
+from ..runs import make_run_dir, pick_device, resolve_run_config, setup_logging
 from .cache import load_or_build
 from .config import LMRunConfig
 from .data import BlockSampler, CharTokenizer, TextData, read_corpus
@@ -30,50 +31,8 @@ log = logging.getLogger("cvkd")
 
 
 def resolve_config(config_path: str | None, overrides: list[str]) -> LMRunConfig:
-    """The config of a new run, or, with ``resume=...``, the saved config of that run plus the overrides."""
-    cfg = load_config(LMRunConfig, config_path, overrides)
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        run_dir = run_dir.parent if run_dir.suffix == ".pt" else run_dir
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"resume={cfg.resume}: no config.yaml there (is it a cvkd LM run folder?)")
-        cfg = load_config(LMRunConfig, run_dir / "config.yaml", [o for o in overrides if not o.startswith("resume=")])
-        cfg.resume = str(run_dir)
-    return cfg
-
-
-def _run_dir(cfg: LMRunConfig) -> Path:
-    if cfg.resume:
-        return Path(cfg.resume)
-    base = Path(cfg.out) / cfg.name
-    path, i = base, 2
-    while path.exists():
-        path, i = base.with_name(f"{base.name}{i}"), i + 1
-    path.mkdir(parents=True)
-    return path
-
-
-def _setup_logging(run_dir: Path) -> None:
-    log.setLevel(logging.INFO)
-    for h in [h for h in log.handlers if getattr(h, "_cvkd", False)]:
-        log.removeHandler(h)
-        h.close()
-    fh = logging.FileHandler(run_dir / "train.log")
-    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    sh = logging.StreamHandler()
-    sh.setFormatter(logging.Formatter("%(message)s"))
-    for h in (fh, sh):
-        h._cvkd = True  # type: ignore[attr-defined]
-        log.addHandler(h)
-    log.propagate = False
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available on this machine")
-    return torch.device(name)
+    """The config of a new LM run, or of the run being resumed plus the overrides."""
+    return resolve_run_config(LMRunConfig, config_path, overrides)
 
 
 def lr_at(step: int, cfg) -> float:
@@ -131,8 +90,8 @@ def train(cfg: LMRunConfig) -> dict:
         for p in teacher.parameters():
             p.requires_grad_(False)
     text = read_corpus(cfg.data.path)
-    run_dir = _run_dir(cfg)
-    _setup_logging(run_dir)
+    run_dir = make_run_dir(cfg.out, cfg.name, cfg.resume)
+    setup_logging(run_dir)
     save_config(cfg, run_dir / "config.yaml")
     log.info(f"cvkd {__version__}: LM run folder {run_dir}, device {device}")
     if teacher is not None:

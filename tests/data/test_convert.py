@@ -91,7 +91,7 @@ def test_yolo_malformed_line_names_file_and_line(tmp_path, line, msg):
     src = make_yolo(tmp_path / "ds", {"a": f"0 0.5 0.5 0.1 0.1\n\n{line}\n"}, val=False)
     with pytest.raises(DataError) as e:
         convert_yolo(src, tmp_path / "out")
-    assert f"a.txt:3: " in str(e.value) and msg in str(e.value)
+    assert "a.txt:3: " in str(e.value) and msg in str(e.value)
 
 
 def test_yolo_polygon_line_becomes_its_box(tmp_path):

@@ -1,0 +1,74 @@
+"""What every cvkd run shares, detector or language model: the resolved config (with resume), the run folder, the
+log file, the device and the seeds."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from .config import ConfigError, load_config
+
+T = TypeVar("T")
+log = logging.getLogger("cvkd")
+
+
+def resolve_run_config(cls: type[T], config_path: str | None, overrides: list[str]) -> T:
+    """The config of a new run, or, with ``resume=...``, the saved config of that run plus the other overrides."""
+    cfg = load_config(cls, config_path, overrides)
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        run_dir = run_dir.parent if run_dir.suffix == ".pt" else run_dir
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"resume={cfg.resume}: no config.yaml there (is it a cvkd run folder?)")
+        cfg = load_config(cls, run_dir / "config.yaml", [o for o in overrides if not o.startswith("resume=")])
+        cfg.resume = str(run_dir)
+    return cfg
+
+
+def make_run_dir(out: str, name: str, resume: str) -> Path:
+    """``out/name`` (``name2``, ``name3``... if taken), or the folder being resumed."""
+    if resume:
+        return Path(resume)
+    base = Path(out) / name
+    path, i = base, 2
+    while path.exists():
+        path, i = base.with_name(f"{base.name}{i}"), i + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def setup_logging(run_dir: Path) -> None:
+    """The ``cvkd`` logger to ``run_dir/train.log`` (timestamped) and the console (plain)."""
+    log.setLevel(logging.INFO)
+    for h in [h for h in log.handlers if getattr(h, "_cvkd", False)]:
+        log.removeHandler(h)
+        h.close()
+    fh = logging.FileHandler(run_dir / "train.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    sh = logging.StreamHandler()
+    sh.setFormatter(logging.Formatter("%(message)s"))
+    for h in (fh, sh):
+        h._cvkd = True  # type: ignore[attr-defined]
+        log.addHandler(h)
+    log.propagate = False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
