@@ -32,8 +32,16 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 from cvkd.checkpoint import CheckpointError  # noqa: E402
 from cvkd.data import DataError, load_coco  # noqa: E402
 from cvkd.export import (  # noqa: E402
-    CALIB_METHODS, ExportError, ExportRequest, OrtDetector, export_set, load_for_export, markdown_table,
-    model_size_mb, ort_session, score,
+    CALIB_METHODS,
+    ExportError,
+    ExportRequest,
+    OrtDetector,
+    export_set,
+    load_for_export,
+    markdown_table,
+    model_size_mb,
+    ort_session,
+    score,
 )
 from cvkd.models import ModelError  # noqa: E402
 

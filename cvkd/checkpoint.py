@@ -5,6 +5,8 @@ Written atomically (temp file + rename) so a run killed mid-save never leaves a 
 """
 from __future__ import annotations
 
+import io
+import lzma
 import os
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,12 @@ def save_checkpoint(path: str | Path, kind: str, model_state: dict, meta: dict, 
     path = Path(path)
     data = {"format": "cvkd", "kind": kind, "version": FORMAT_VERSION, "meta": meta, "model": model_state, **extra}
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(data, tmp)
+    if path.suffix == ".xz":  # xz-compressed (shipped checkpoints: fp16 weights compress by ~10 %)
+        buf = io.BytesIO()
+        torch.save(data, buf)
+        tmp.write_bytes(lzma.compress(buf.getvalue(), preset=6))
+    else:
+        torch.save(data, tmp)
     os.replace(tmp, path)
 
 
@@ -32,7 +39,8 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
-        data = torch.load(path, map_location=map_location, weights_only=True)
+        src = io.BytesIO(lzma.decompress(path.read_bytes())) if path.suffix == ".xz" else path
+        data = torch.load(src, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: not a cvkd checkpoint or corrupt ({type(e).__name__}: {str(e)[:80]})") from None
     if not isinstance(data, dict) or data.get("format") != "cvkd":

@@ -19,7 +19,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cvkd.data import DataError, load_coco  # noqa: E402
 from cvkd.data.convert import (  # noqa: E402
-    coco_to_yolo, convert_yolo, labels_dir_for, pennfudan_to_coco, split_coco, voc_to_coco, write_json, yolo_to_coco,
+    coco_to_yolo,
+    convert_yolo,
+    labels_dir_for,
+    pennfudan_to_coco,
+    split_coco,
+    voc_to_coco,
+    write_json,
+    yolo_to_coco,
 )
 
 SPLIT_HELP = ("randomly move this fraction of the images to a val split (deterministic for a given --seed); "

@@ -22,9 +22,9 @@ def main() -> int:
     from cvkd.config import ConfigError
     from cvkd.data import CocoDataset, DataError, load_split
     from cvkd.engine.trainer import TrainingError, resolve_config, train
-    from cvkd.runs import pick_device
     from cvkd.eval import evaluate
     from cvkd.models import ModelError, load_detector
+    from cvkd.runs import pick_device
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", "-c", default=str(ROOT / "configs" / "demo.yaml"), help="demo config")

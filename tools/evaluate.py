@@ -27,7 +27,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cvkd.data import DataError, check_class_names, load_coco  # noqa: E402
 from cvkd.eval import (  # noqa: E402
-    append_csv, csv_row, evaluate, format_table, score_predictions, write_metrics, write_predictions,
+    append_csv,
+    csv_row,
+    evaluate,
+    format_table,
+    score_predictions,
+    write_metrics,
+    write_predictions,
 )
 
 

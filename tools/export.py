@@ -29,8 +29,17 @@ import yaml  # noqa: E402
 from cvkd.checkpoint import CheckpointError  # noqa: E402
 from cvkd.data import DataError, load_coco  # noqa: E402
 from cvkd.export import (  # noqa: E402
-    CALIB_METHODS, DEFAULT_OPSET, VARIANTS, ExportError, ExportRequest, export_set, load_for_export, markdown_table,
-    model_size_mb, predictors, score,
+    CALIB_METHODS,
+    DEFAULT_OPSET,
+    VARIANTS,
+    ExportError,
+    ExportRequest,
+    export_set,
+    load_for_export,
+    markdown_table,
+    model_size_mb,
+    predictors,
+    score,
 )
 from cvkd.models import ModelError  # noqa: E402
 

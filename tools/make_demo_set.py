@@ -22,7 +22,13 @@ import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cvkd.data import DataError, load_coco  # noqa: E402
-from cvkd.data.convert import labels_dir_for, list_images, read_yolo_yaml, write_json, yolo_to_coco  # noqa: E402
+from cvkd.data.convert import (  # noqa: E402
+    labels_dir_for,
+    list_images,
+    read_yolo_yaml,
+    write_json,
+    yolo_to_coco,
+)
 from cvkd.data.images import read_rgb  # noqa: E402
 from cvkd.data.transforms import resize_long_side  # noqa: E402
 

@@ -27,7 +27,14 @@ from tqdm import tqdm
 from .coco import CocoData
 from .errors import DataError
 from .images import read_rgb
-from .transforms import apply_geometric, geometric_pipeline, hsv_jitter, mosaic4, pad_to_square, resize_long_side
+from .transforms import (
+    apply_geometric,
+    geometric_pipeline,
+    hsv_jitter,
+    mosaic4,
+    pad_to_square,
+    resize_long_side,
+)
 
 log = logging.getLogger("cvkd")
 

@@ -1,6 +1,7 @@
 """Cheap image checks (header, truncation, size) and decoding to RGB arrays."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import cv2
@@ -9,13 +10,21 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
+
+def _pil_open(path):
+    """PIL's own ``Image.open``: importing ultralytics replaces it with one that tries to import (or, online,
+    pip-install) a HEIF plugin on any file PIL cannot identify, which would turn a corrupt image into an ImportError."""
+    patches = sys.modules.get("ultralytics.utils.patches")
+    return (getattr(patches, "_image_open", None) or Image.open)(path)
+
+
 JPEG_EOI = b"\xff\xd9"
 TAIL_BYTES = 4096  # a complete JPEG ends with the EOI marker, possibly followed by a little padding
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file header only (no decoding)."""
-    with Image.open(path) as im:
+    with _pil_open(path) as im:
         return im.size
 
 
@@ -29,11 +38,11 @@ def check_image(path: Path, size: tuple[int, int] | None, where: str, size_from:
     if not path.is_file():
         raise DataError(f"{where}: image file not found: {path}")
     try:
-        with Image.open(path) as im:
+        with _pil_open(path) as im:
             real = im.size
             fmt = im.format
             im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as e:
         raise DataError(f"{where}: unreadable or corrupt image {path} ({type(e).__name__}: {e})") from None
     if fmt == "JPEG":
         with open(path, "rb") as f:

@@ -33,8 +33,8 @@ class DataConfig:
     hsv_s: float = opt(0.7, "saturation jitter (fraction)")
     hsv_v: float = opt(0.4, "value/brightness jitter (fraction)")
     box_policy: Literal["clip", "reject"] = opt("clip", "boxes partly outside the image: clip them or reject them")
-    extra_train: list[dict] = opt([], "more labelled sets [{json: ..., images: ...}], e.g. teacher pseudo-labels "
-                                      "from tools/pseudo_label.py (hard-label KD)")
+    extra_train: list[dict] = opt([], "more labelled sets [{json: ..., images: ..., class_map: optional}], e.g. "
+                                      "teacher pseudo-labels from tools/pseudo_label.py (hard-label KD)")
     unlabeled: list[str] = opt([], "folders of unlabelled frames: only the KD terms train on them (soft-label KD)")
     unlabeled_batch: int = opt(0, "unlabelled images per step (0 = train.batch)")
     unlabeled_weight: float = opt(1.0, "weight of the KD terms on unlabelled frames")

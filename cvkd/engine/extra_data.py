@@ -23,16 +23,21 @@ from ..models import Assignment, DetectorAdapter, DetOutputs
 log = logging.getLogger("cvkd")
 
 
-def add_extra_train(train: CocoData, extra: list[dict], class_map: dict | None, box_policy: str) -> CocoData:
-    """The labelled set plus each ``{json, images}`` set (same class map); class lists must agree."""
+def add_extra_train(train: CocoData, extra: list[dict], box_policy: str) -> CocoData:
+    """The labelled set plus each ``{json, images[, class_map]}`` set; class lists must agree with the labelled set's.
+
+    A pseudo-labelled set already uses the teacher's (final) class names, so by default no class map is applied to
+    it; give ``class_map`` for an extra set that still has the source's categories.
+    """
     images = list(train.images)
     for i, item in enumerate(extra):
-        if not isinstance(item, dict) or set(item) != {"json", "images"}:
-            raise ConfigError(f"data.extra_train[{i}] must be a mapping with keys 'json' and 'images', got {item!r}")
-        more = load_coco(item["json"], item["images"], class_map, check_images=True, box_policy=box_policy)
+        if not isinstance(item, dict) or not {"json", "images"} <= set(item) <= {"json", "images", "class_map"}:
+            raise ConfigError(f"data.extra_train[{i}] must be a mapping with keys json, images (and optionally "
+                              f"class_map), got {item!r}")
+        more = load_coco(item["json"], item["images"], item.get("class_map"), check_images=True, box_policy=box_policy)
         if more.class_names != train.class_names:
             raise DataError(f"{item['json']}: classes {more.class_names} differ from the training set's "
-                            f"{train.class_names} (set data.class_map so they agree)")
+                            f"{train.class_names} (give this extra set a class_map)")
         images += more.images
         log.info(f"extra training set {item['json']}: {len(more)} images, {more.num_boxes} boxes")
     return dataclasses.replace(train, images=images, image_cache={})

@@ -46,7 +46,7 @@ def resolve_config(config_path: str | None, overrides: list[str]) -> RunConfig:
 
 
 def build_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter:
-    if Path(cfg.model.name).suffix in (".pt", ".pth"):
+    if Path(cfg.model.name).suffix in (".pt", ".pth", ".xz"):
         model = load_detector(cfg.model.name)
         if model.class_names != class_names:
             raise ModelError(f"{cfg.model.name}: model classes {model.class_names} differ from the data's {class_names}")
@@ -119,7 +119,7 @@ def train(cfg: RunConfig) -> dict:
 
     train_data, val_data = load_split(cfg.data, "train"), load_split(cfg.data, "val")
     if cfg.data.extra_train:
-        train_data = add_extra_train(train_data, cfg.data.extra_train, cfg.data.class_map, cfg.data.box_policy)
+        train_data = add_extra_train(train_data, cfg.data.extra_train, cfg.data.box_policy)
     class_names = train_data.class_names
     unl_data = load_unlabeled(cfg.data.unlabeled, class_names, train_data.cat_ids)
     if unl_data is not None:

@@ -18,7 +18,15 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from ..data import CocoData, CocoDataset, DataError, load_coco, read_json, to_coco_dict, unletterbox_boxes
+from ..data import (
+    CocoData,
+    CocoDataset,
+    DataError,
+    load_coco,
+    read_json,
+    to_coco_dict,
+    unletterbox_boxes,
+)
 from ..data.dataset import make_loader
 
 log = logging.getLogger("cvkd")

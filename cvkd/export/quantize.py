@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 import onnx
 from onnxruntime.quantization import (
-    CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static,
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
 )
 
 from ..data import DataError, letterbox

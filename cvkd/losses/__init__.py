@@ -11,7 +11,13 @@ from .feature_kd import (
     pkd_normalize,
     resize_to,
 )
-from .logit_kd import DIVERGENCES, kd_divergence, logit_kd, sigmoid_kd, teacher_score_weights
+from .logit_kd import (
+    DIVERGENCES,
+    kd_divergence,
+    logit_kd,
+    sigmoid_kd,
+    teacher_score_weights,
+)
 
 __all__ = [
     "DIVERGENCES", "HintAdapter", "attention_masks", "box_mask", "cwd_loss", "dfl_expectation", "distribution_kd",

@@ -6,7 +6,14 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from .base import Assignment, DetectorAdapter, DetOutputs, ModelError, check_pair, pair_levels
+from .base import (
+    Assignment,
+    DetectorAdapter,
+    DetOutputs,
+    ModelError,
+    check_pair,
+    pair_levels,
+)
 
 FAMILIES = ("yolo", "timm", "torchvision")
 

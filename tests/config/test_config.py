@@ -3,7 +3,14 @@ from typing import Literal
 
 import pytest
 
-from cvkd.config import ConfigError, describe, from_dict, load_config, parse_overrides, save_config
+from cvkd.config import (
+    ConfigError,
+    describe,
+    from_dict,
+    load_config,
+    parse_overrides,
+    save_config,
+)
 
 
 @dataclass

@@ -3,8 +3,8 @@ import logging
 
 import numpy as np
 import pytest
-from tinydata import make_image, write_json
 from pycocotools.coco import COCO
+from tinydata import make_image, write_json
 
 from cvkd.data import DataError, check_class_names, load_coco, to_coco_dict
 
@@ -210,3 +210,16 @@ def test_check_class_names():
     check_class_names(["person"], ["person"], "x")
     with pytest.raises(DataError, match=r"^run.yaml: class map does not match the model: data classes \['0', '1'\]"):
         check_class_names(["0", "1"], ["person"], "run.yaml")
+
+
+def test_corrupt_image_is_one_line_even_after_ultralytics_import(tmp_path):
+    """ultralytics replaces PIL's Image.open with a HEIF-plugin loader; a corrupt file must still be a DataError."""
+    import ultralytics.utils.patches  # noqa: F401
+
+    from cvkd.data import DataError
+    from cvkd.data.images import check_image
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="bad.jpg.*UnidentifiedImageError"):
+        check_image(bad, None, "set.json: image id 1")

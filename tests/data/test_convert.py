@@ -10,7 +10,14 @@ from pycocotools.coco import COCO
 from tinydata import SHARED, make_image
 
 from cvkd.data import DataError, load_coco
-from cvkd.data.convert import coco_to_yolo, convert_yolo, pennfudan_to_coco, split_coco, voc_to_coco, yolo_to_coco
+from cvkd.data.convert import (
+    coco_to_yolo,
+    convert_yolo,
+    pennfudan_to_coco,
+    split_coco,
+    voc_to_coco,
+    yolo_to_coco,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = {  # image stem -> label text (normalised class cx cy w h)

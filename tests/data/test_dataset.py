@@ -8,7 +8,14 @@ import torch
 from tinydata import make_image, write_json
 
 from cvkd.data import (
-    CocoDataset, DataError, build_loaders, collate_fn, letterbox, letterbox_boxes, load_coco, make_loader,
+    CocoDataset,
+    DataError,
+    build_loaders,
+    collate_fn,
+    letterbox,
+    letterbox_boxes,
+    load_coco,
+    make_loader,
     unletterbox_boxes,
 )
 from cvkd.data.transforms import hsv_jitter

@@ -149,7 +149,8 @@ def test_pseudo_labelled_and_unlabelled_data(tmp_path, tiny_run):
     unl.mkdir()
     for im in pseudo["images"][:2]:
         shutil.copy(ROOT / "datasets" / "cctv_mini" / "images" / "train" / im["file_name"], unl / im["file_name"])
-    extra = f"data.extra_train=[{{json: '{pseudo_json}', images: '{ROOT / 'datasets/cctv_mini/images/train'}'}}]"
+    extra = (f"data.extra_train=[{{json: '{pseudo_json}', images: '{ROOT / 'datasets/cctv_mini/images/train'}', "
+             "class_map: {'0': person, '1': person}}]")
     r = run_tool("distill.py", [*tiny_run, "name=semi", "train.epochs=1", f"kd.teacher={teacher}", "kd.logit=1",
                                 "kd.feature=1", "kd.feature_mask=gt", "kd.feature_loss=hint", extra,
                                 f"data.unlabeled=['{unl}']", "data.unlabeled_batch=2", "data.pseudo_conf=0.0"])

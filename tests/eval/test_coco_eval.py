@@ -14,7 +14,13 @@ from tinydata import write_json
 
 from cvkd.data import DataError, letterbox_boxes, load_coco
 from cvkd.eval import (
-    append_csv, csv_row, detections_to_coco, evaluate, score_predictions, write_metrics, write_predictions,
+    append_csv,
+    csv_row,
+    detections_to_coco,
+    evaluate,
+    score_predictions,
+    write_metrics,
+    write_predictions,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,14 @@ import onnx
 import pytest
 import torch
 
-from cvkd.export import OrtDetector, export_onnx, ort_session, quantize_int8, read_metadata, tail_nodes
+from cvkd.export import (
+    OrtDetector,
+    export_onnx,
+    ort_session,
+    quantize_int8,
+    read_metadata,
+    tail_nodes,
+)
 
 from .conftest import IMGSZ
 

@@ -2,7 +2,16 @@
 import pytest
 import torch
 
-from cvkd.lm import GPT, GPTConfig, BlockSampler, CharTokenizer, DataError, TextData, fixed_blocks, read_corpus
+from cvkd.lm import (
+    GPT,
+    BlockSampler,
+    CharTokenizer,
+    DataError,
+    GPTConfig,
+    TextData,
+    fixed_blocks,
+    read_corpus,
+)
 
 
 def test_tokenizer_roundtrip_and_unknown_chars():

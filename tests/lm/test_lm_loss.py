@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import cvkd.lm.distill as lm_distill
-from cvkd.losses import logit_kd as core_logit_kd
 from cvkd.lm import GPT, GPTConfig, TrainingError, accumulate, lm_loss, teacher_targets
+from cvkd.losses import logit_kd as core_logit_kd
 
 V, T = 11, 8
 

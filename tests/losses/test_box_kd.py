@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from cvkd.losses import dfl_expectation, distribution_kd, iou_imitation, teacher_bounded_l2
+from cvkd.losses import (
+    dfl_expectation,
+    distribution_kd,
+    iou_imitation,
+    teacher_bounded_l2,
+)
 
 
 def test_teacher_bounded_zero_where_student_beats_teacher():

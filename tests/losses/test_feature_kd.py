@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from cvkd.losses import HintAdapter, attention_masks, box_mask, cwd_loss, feature_hint, fgd_loss, pkd_loss, resize_to
+from cvkd.losses import (
+    HintAdapter,
+    attention_masks,
+    box_mask,
+    cwd_loss,
+    feature_hint,
+    fgd_loss,
+    pkd_loss,
+    resize_to,
+)
 
 
 def test_hint_hand_computed_and_zero_on_self():

@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cvkd.losses import DIVERGENCES, kd_divergence, logit_kd, sigmoid_kd, teacher_score_weights
+from cvkd.losses import (
+    DIVERGENCES,
+    kd_divergence,
+    logit_kd,
+    sigmoid_kd,
+    teacher_score_weights,
+)
 
 
 def _hand_kl(p, q):

@@ -5,7 +5,13 @@ import torch
 
 from cvkd.engine.config import KDConfig
 from cvkd.engine.distill import Distiller
-from cvkd.models import ModelError, build_detector, check_pair, load_detector, pair_levels
+from cvkd.models import (
+    ModelError,
+    build_detector,
+    check_pair,
+    load_detector,
+    pair_levels,
+)
 
 IMG = 64
 
