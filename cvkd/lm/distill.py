@@ -80,15 +80,18 @@ def lm_loss(logits_s: Tensor, y: Tensor, mask: Tensor, teacher: dict | None = No
     return {"ce": ce, "kd": kd, "total": total}
 
 
-def accumulate(micro_batches: list[dict], loss_fn: Callable[[dict], dict[str, Tensor]], step: int) -> dict[str, float]:
+def accumulate(micro_batches: list[dict], loss_fn: Callable[[dict], dict[str, Tensor]], step: int,
+               total_valid: int | None = None, scale: float = 1.0) -> dict[str, float]:
     """Backward through every micro-batch with weight = its share of the valid tokens of the whole step.
 
     Each micro-batch loss is a mean over its own valid tokens, so weighting by ``n_valid_i / sum n_valid`` makes the
     accumulated gradient equal to that of one big batch averaged over all its valid tokens, whatever the padding.
     Returns the token-weighted mean of each term; a non-finite term raises :class:`TrainingError` naming it.
+    Under DDP, ``total_valid`` is the valid-token count of the global step (all processes) and ``scale`` the number of
+    processes (DDP averages gradients): each process then contributes its exact share of the global mean.
     """
     counts = [int(b["mask"].sum()) for b in micro_batches]
-    total_valid = sum(counts)
+    total_valid = sum(counts) if total_valid is None else total_valid
     if total_valid == 0:
         raise TrainingError(f"step {step}: the batch has no valid tokens")
     sums: dict[str, float] = {}
@@ -101,7 +104,7 @@ def accumulate(micro_batches: list[dict], loss_fn: Callable[[dict], dict[str, Te
                 bad = next((k for k, t in terms.items() if k != "total" and not torch.isfinite(t)), name)
                 raise TrainingError(f"non-finite loss term '{bad}' at step {step}: run stopped")
         w = n / total_valid
-        (terms["total"] * w).backward()
+        (terms["total"] * w * scale).backward()
         for name, v in terms.items():
             sums[name] = sums.get(name, 0.0) + float(v.detach()) * w
     return sums

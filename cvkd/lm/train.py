@@ -13,13 +13,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from .. import __version__
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import ConfigError, save_config, to_dict
 from ..engine.report import read_rows, write_rows
-from ..runs import make_run_dir, pick_device, resolve_run_config, setup_logging
+from ..engine.distributed import barrier, broadcast, check_replicas, sum_across
+from ..engine.distributed import cleanup as dist_cleanup
+from ..engine.distributed import setup as dist_setup
+from ..runs import make_run_dir, resolve_run_config, setup_logging
 from .cache import load_or_build
 from .config import LMRunConfig
 from .data import BlockSampler, CharTokenizer, TextData, read_corpus
@@ -83,17 +87,19 @@ def train(cfg: LMRunConfig) -> dict:
     """Run (or resume) one LM training; returns the run folder and the final val metrics."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    d, device = dist_setup(cfg.train.device)  # one process, or one per GPU/CPU slot under torchrun
     teacher, tok_t, ck_t = None, None, {}
     if cfg.kd.teacher:  # before the run folder exists: a bad teacher path leaves nothing behind
         teacher, tok_t, ck_t = load_lm(cfg.kd.teacher, device)
         for p in teacher.parameters():
             p.requires_grad_(False)
     text = read_corpus(cfg.data.path)
-    run_dir = make_run_dir(cfg.out, cfg.name, cfg.resume)
-    setup_logging(run_dir)
-    save_config(cfg, run_dir / "config.yaml")
-    log.info(f"cvkd {__version__}: LM run folder {run_dir}, device {device}")
+    run_dir = Path(broadcast(d, str(make_run_dir(cfg.out, cfg.name, cfg.resume)) if d.main else None))
+    if d.main:
+        setup_logging(run_dir)
+        save_config(cfg, run_dir / "config.yaml")
+    log.info(f"cvkd {__version__}: LM run folder {run_dir}, device {device}"
+             + (f", {d.world} processes" if d.enabled else ""))
     if teacher is not None:
         log.info(f"teacher {cfg.kd.teacher}: {teacher.num_params() / 1e6:.2f} M params, "
                  f"step {ck_t['meta'].get('step')}")
@@ -112,6 +118,9 @@ def train(cfg: LMRunConfig) -> dict:
 
     torch.manual_seed(cfg.train.seed)
     model = GPT(mcfg).to(device)
+    fwd = DDP(model) if d.enabled else model  # the raw model evaluates and saves; DDP syncs gradients
+    if d.enabled and cfg.train.batch % d.world:
+        raise ConfigError(f"train.batch={cfg.train.batch} must be divisible by the number of processes ({d.world})")
     opt = build_optimizer(model, cfg.train)
     sampler = BlockSampler(data, cfg.train.batch, cfg.data.sampling, cfg.train.seed)
     cache = None
@@ -139,9 +148,15 @@ def train(cfg: LMRunConfig) -> dict:
     saved = {"step": start}
 
     def save_last(step: int) -> None:
+        if not d.main:
+            return
         save_checkpoint(last, "lm", model.state_dict(), {**meta, "step": step}, optimizer=opt.state_dict(),
                         sampler=sampler.state_dict(), rng=torch.get_rng_state(), step=step, best_val=best)
         saved["step"] = step
+
+    def shard(b: dict) -> dict:
+        """Every process draws the same global batch (same sampler state); each keeps its rows."""
+        return {k: v[d.rank::d.world] for k, v in b.items()} if d.enabled else b
 
     def loss_fn(b: dict) -> dict:
         x, y, mask = b["x"].to(device), b["y"].to(device), b["mask"].to(device)
@@ -151,14 +166,15 @@ def train(cfg: LMRunConfig) -> dict:
         elif teacher is not None:
             with torch.no_grad():
                 tgt = {"logits": teacher(x)}  # (B, T, V)
-        return lm_loss(model(x), y, mask, tgt, cfg.kd.alpha, cfg.kd.temperature, cfg.kd.kind, cfg.kd.beta)
+        return lm_loss(fwd(x), y, mask, tgt, cfg.kd.alpha, cfg.kd.temperature, cfg.kd.kind, cfg.kd.beta)
 
     tokens_per_step = cfg.train.batch * cfg.train.accum * mcfg.block_size
     sums: dict[str, float] = {}
     n_sum, t0 = 0, time.time()
     val = float(rows[-1]["val_loss"]) if rows else float("nan")
     model.train()
-    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=run_dir.name, mininterval=10)
+    bar = tqdm(range(start, cfg.train.steps), initial=start, total=cfg.train.steps, desc=run_dir.name, mininterval=10,
+               disable=not d.main)
     done, pre = start, None
     try:
         for step in bar:
@@ -166,9 +182,12 @@ def train(cfg: LMRunConfig) -> dict:
             lr = lr_at(step, cfg.train)
             for g in opt.param_groups:
                 g["lr"] = lr
-            micro = [sampler.next() for _ in range(cfg.train.accum)]
+            micro = [shard(sampler.next()) for _ in range(cfg.train.accum)]
+            n_all = int(sum_across(d, torch.tensor(float(sum(int(b["mask"].sum()) for b in micro)))))
             try:
-                terms = accumulate(micro, loss_fn, step + 1)
+                terms = accumulate(micro, loss_fn, step + 1, total_valid=n_all, scale=d.world)
+                if d.enabled:  # each process holds its share of the global token mean
+                    terms = {k: float(sum_across(d, torch.tensor(v))) for k, v in terms.items()}
             except TrainingError as e:
                 raise TrainingError(f"{e}; last good checkpoint: {last}") from None
             if cfg.train.clip_grad > 0:
@@ -180,7 +199,10 @@ def train(cfg: LMRunConfig) -> dict:
                 sums[k] = sums.get(k, 0.0) + v
             n_sum += 1
             bar.set_postfix({k: f"{v / n_sum:.3f}" for k, v in sums.items()}, refresh=False)
-            if done % cfg.train.eval_every == 0 or done == cfg.train.steps:
+            if (done % cfg.train.eval_every == 0 or done == cfg.train.steps) and not d.main:
+                sums, n_sum = {}, 0
+                barrier(d)  # rank 0 evaluates and saves
+            elif done % cfg.train.eval_every == 0 or done == cfg.train.steps:
                 t1 = time.time()
                 val = evaluate(model, data, cfg.train.batch, cfg.train.eval_blocks, device)
                 row = {"step": done, "epoch": f"{done * tokens_per_step / data.train_ids.numel():.3f}",
@@ -199,6 +221,7 @@ def train(cfg: LMRunConfig) -> dict:
                 log.info(f"step {done}/{cfg.train.steps}: "
                          + " ".join(f"{k}={v}" for k, v in row.items() if k != "step"))
                 sums, n_sum, t0 = {}, 0, time.time()
+                barrier(d)
             elif cfg.train.save_every and done % cfg.train.save_every == 0:
                 save_last(done)
     except KeyboardInterrupt:  # keep every finished step: resume continues exactly where this stopped
@@ -211,6 +234,12 @@ def train(cfg: LMRunConfig) -> dict:
             log.info(f"interrupted: saved {last} at step {done}")
         raise
     bar.close()
+    if d.enabled:
+        same = check_replicas(d, model)
+        log.info(f"model weights identical on all {d.world} processes: {same}")
+        dist_cleanup(d)
+        if not same:
+            raise TrainingError("model weights differ between processes after training (DDP out of sync)")
     log.info(f"done: {run_dir} val_loss={val:.4f} val_ppl={perplexity(val):.3f} val_bpc={bits_per_char(val):.4f}")
     return {"run_dir": str(run_dir), "val_loss": val, "val_ppl": perplexity(val), "val_bpc": bits_per_char(val),
             "params_m": model.num_params() / 1e6, "best_val": best}

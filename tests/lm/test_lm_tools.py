@@ -136,3 +136,22 @@ def test_generate_runs(corpus, capsys):
     save_checkpoint(corpus / "det.pt", "detector", {}, {})
     assert gen["main"]([str(corpus / "det.pt")]) == 2
     assert "expected a 'lm' checkpoint" in capsys.readouterr().err
+
+
+def test_distill_under_torchrun_two_processes(corpus):
+    """2 CPU processes (gloo): identical weights on both ranks, and the same losses and val loss as one process on
+    the same global batches (each process takes its rows of one shared sampler; the loss is the global token mean)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [f"out={corpus}", f"data.path={corpus / 'tiny.txt'}", f"kd.teacher={corpus / 'teacher/best.pt'}",
+            "train.steps=4", "train.eval_every=2", "train.accum=2", "kd.alpha=0.3", *TINY]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(ROOT / "tools" / "distill_lm.py"), *args, "name=ddp"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "model weights identical on all 2 processes: True" in (corpus / "ddp" / "train.log").read_text()
+    r1 = subprocess.run([sys.executable, str(ROOT / "tools" / "distill_lm.py"), *args, "name=single"],
+                        capture_output=True, text=True, env=env, timeout=300)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    for a, b in zip(_rows(corpus / "ddp"), _rows(corpus / "single"), strict=True):
+        for k in ("loss_ce", "loss_kd", "loss_total", "val_loss"):
+            assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-4, abs=1e-5), k
