@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Few labels, much footage: hard-label KD (teacher pseudo-labels) and soft-label KD on unlabelled CCTV frames.
+
+The CCTV train split has 258 source frames x 2 augmented copies. A seed picks a fraction of the source frames
+(both copies of a frame on the same side) whose labels are kept; the other frames are treated as unlabelled footage.
+Rows, all with the same student, schedule and val split (44 frames):
+
+- teacher_labeled: the teacher trained on the labelled part only (it pseudo-labels and distils below);
+- teacher_all: the benchmark teacher trained on all labels (benchmarks/cctv_distill.py; stated, not used below);
+- labeled: the student on the labelled part only;
+- hard: + the teacher's pseudo-labels of the unlabelled frames as extra training data (tools/pseudo_label.py);
+- soft: + soft KD (logit/feature/box terms) on the unlabelled frames, labelled part as usual;
+- both: hard + soft.
+
+    python benchmarks/unlabeled.py --seeds 0 1 2 --fraction 0.25 --epochs 30 --threads 1
+
+Writes benchmarks/results/unlabeled.csv (setting,seed,labeled_frames,unlabeled_frames,map,ap50,...). Resumable:
+finished runs are reused, unfinished ones resume from their last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
+DATA = ROOT / "data" / "cctv_people"
+RESULTS = ROOT / "benchmarks" / "results" / "unlabeled.csv"
+COLUMNS = ["setting", "seed", "labeled_frames", "unlabeled_frames", "map", "ap50", "epochs", "imgsz", "run"]
+SETTINGS = ["teacher_labeled", "labeled", "hard", "soft", "both"]
+KD = ["kd.logit=4.0", "kd.feature=2.0", "kd.feature_loss=cwd", "kd.feature_t=4.0", "kd.box=0.25", "kd.box_loss=ld"]
+
+
+def frame_of(file_name: str) -> str:
+    return file_name.split("_jpg.rf.")[0]
+
+
+def split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int, int]:
+    """labelled json + a folder of links to the unlabelled images; both copies of a frame on the same side."""
+    d = json.loads((DATA / "train.json").read_text())
+    frames = sorted({frame_of(im["file_name"]) for im in d["images"]})
+    random.Random(seed).shuffle(frames)
+    keep = set(frames[: round(fraction * len(frames))])
+    images = [im for im in d["images"] if frame_of(im["file_name"]) in keep]
+    ids = {im["id"] for im in images}
+    out.mkdir(parents=True, exist_ok=True)
+    lab = out / "labeled.json"
+    lab.write_text(json.dumps({**d, "images": images, "annotations": [a for a in d["annotations"] if a["image_id"] in ids]}))
+    unl = out / "unlabeled"
+    unl.mkdir(exist_ok=True)
+    for im in d["images"]:
+        if frame_of(im["file_name"]) not in keep and not (unl / im["file_name"]).exists():
+            (unl / im["file_name"]).symlink_to(SRC / "train" / "images" / im["file_name"])
+    return lab, unl, len(keep), len(frames) - len(keep)
+
+
+def finished(run: Path, epochs: int) -> bool:
+    from cvkd.engine.report import read_rows
+
+    rows = read_rows(run / "results.csv")
+    return bool(rows) and int(rows[-1]["epoch"]) >= epochs and rows[-1].get("map", "") != ""
+
+
+def train(args, tool: str, config: str, name: str, seed: int, extra: list[str]) -> Path:
+    run = Path(args.out) / name
+    if not finished(run, args.epochs):
+        cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
+        if (run / "config.yaml").is_file():
+            cmd.append(f"resume={run}")
+        else:
+            cmd += [f"out={args.out}", f"name={name}", f"train.epochs={args.epochs}", f"data.imgsz={args.imgsz}",
+                    f"train.seed={seed}", f"train.threads={args.threads}", *extra]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+    return run
+
+
+def main() -> None:
+    from cvkd.engine.report import read_rows
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split/training seeds (default 0 1 2)")
+    ap.add_argument("--fraction", type=float, default=0.25, help="fraction of source frames that keep labels")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of every run")
+    ap.add_argument("--imgsz", type=int, default=320, help="input size of every run")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
+    ap.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS, help="rows to run")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_unlabeled"), help="folder of the runs")
+    args = ap.parse_args()
+    if not (DATA / "train.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo", str(SRC), "--out", str(DATA)],
+                       check=True)
+    table = {}
+    if RESULTS.is_file():
+        with RESULTS.open() as f:
+            table = {(r["setting"], int(r["seed"])): r for r in csv.DictReader(f)}
+    teacher_all = ROOT / "runs" / "bench_cctv" / "teacher_s0"
+    if finished(teacher_all, args.epochs):
+        r = read_rows(teacher_all / "results.csv")[-1]
+        table[("teacher_all", 0)] = {"setting": "teacher_all", "seed": 0, "labeled_frames": 258, "unlabeled_frames": 0,
+                                     "map": r["map"], "ap50": r["ap50"], "epochs": args.epochs, "imgsz": args.imgsz,
+                                     "run": str(teacher_all)}
+    for seed in args.seeds:
+        lab, unl, n_lab, n_unl = split(seed, args.fraction, Path(args.out) / f"split_s{seed}")
+        data = [f"data.train_json={lab}"]
+        teacher = train(args, "train.py", "cctv_teacher.yaml", f"teacher_labeled_s{seed}", seed, data)
+        pseudo_dir = Path(args.out) / f"pseudo_s{seed}"
+        if any(s in args.settings for s in ("hard", "both")) and not (pseudo_dir / "pseudo.json").is_file():
+            subprocess.run([sys.executable, str(ROOT / "tools" / "pseudo_label.py"), str(unl), "--teacher",
+                            str(teacher / "final.pt"), "--out", str(pseudo_dir), "--imgsz", str(args.imgsz),
+                            "--conf", "0.25"], check=True)
+        hard = [f"data.extra_train=[{{json: '{pseudo_dir / 'pseudo.json'}', images: '{unl}'}}]"]
+        soft = [f"kd.teacher={teacher / 'final.pt'}", *KD, f"data.unlabeled=['{unl}']"]
+        runs = {"teacher_labeled": teacher}
+        for setting in args.settings:
+            if setting == "labeled":
+                runs[setting] = train(args, "train.py", "cctv_student.yaml", f"labeled_s{seed}", seed, data)
+            elif setting == "hard":
+                runs[setting] = train(args, "train.py", "cctv_student.yaml", f"hard_s{seed}", seed, data + hard)
+            elif setting == "soft":
+                runs[setting] = train(args, "distill.py", "cctv_distill.yaml", f"soft_s{seed}", seed, data + soft)
+            elif setting == "both":
+                runs[setting] = train(args, "distill.py", "cctv_distill.yaml", f"both_s{seed}", seed,
+                                      data + hard + soft)
+        for setting, run in runs.items():
+            r = read_rows(run / "results.csv")[-1]
+            table[(setting, seed)] = {"setting": setting, "seed": seed, "labeled_frames": n_lab,
+                                      "unlabeled_frames": 0 if setting in ("labeled", "teacher_labeled") else n_unl,
+                                      "map": r["map"], "ap50": r["ap50"], "epochs": args.epochs, "imgsz": args.imgsz,
+                                      "run": str(run)}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            for key in sorted(table, key=lambda k: (k[1], k[0])):
+                w.writerow({c: table[key].get(c, "") for c in COLUMNS})
+    print("| setting | seed | labelled frames | unlabelled frames | mAP@[.5:.95] | AP50 |\n|---|---|---|---|---|---|")
+    for key in sorted(table, key=lambda k: (k[0], k[1])):
+        r = table[key]
+        print(f"| {r['setting']} | {r['seed']} | {r['labeled_frames']} | {r['unlabeled_frames']} | "
+              f"{float(r['map']):.4f} | {float(r['ap50']):.4f} |")
+    print(f"\nwritten {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
