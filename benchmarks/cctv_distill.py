@@ -163,11 +163,12 @@ def write_table(table: dict) -> None:
     by_base = {}
     teacher = next((r for r in records if r["role"] == "teacher"), None)
     for r in records:
-        if r["method"] in ("none", "ultralytics_none"):
+        if r["role"] == "student":  # each tool's own baseline: cvkd (none) or ultralytics (ultralytics_none)
             by_base.setdefault(r["method"], []).append(r["map"])
     for r in records:
         base = by_base.get("ultralytics_none" if r["method"].startswith("ultralytics") else "none")
-        if teacher and base and r["role"] != "teacher":
+        r["gap_closed"] = ""
+        if teacher and base and r["role"] == "distilled":
             b = statistics.mean(base)
             r["gap_closed"] = (r["map"] - b) / max(teacher["map"] - b, 1e-9)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -175,6 +176,7 @@ def write_table(table: dict) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in records:
+            r["run"] = os.path.relpath(r["run"], ROOT) if os.path.isabs(str(r.get("run", ""))) else r.get("run", "")
             w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
     print("\n| role | method | seeds | mAP@[.5:.95] mean +- sd | AP50 | gap closed | params (M) | GFLOPs | s/epoch |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -201,7 +203,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run, both tools (0 = their default)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_cctv"), help="folder of the benchmark's runs")
+    ap.add_argument("--table-only", action="store_true", help="recompute gap_closed and print the table from the CSV")
     args = ap.parse_args()
+    if args.table_only:
+        write_table(load_records())
+        return
     ensure_data()
     table = load_records()
     teacher_run = run_cvkd(args, "train.py", "cctv_teacher.yaml", "teacher_s0", 0, [])
