@@ -72,3 +72,24 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (a tool called in-process by tests outlives their capture)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def console_logging(level: int = logging.INFO) -> None:
+    """Plain messages to stderr for the command-line tools; calling it again replaces, never stacks, the handler."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _CurrentStderr)]:
+        root.removeHandler(h)
+    h = _CurrentStderr()
+    h.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(h)
+    root.setLevel(level)

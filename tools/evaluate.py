@@ -22,10 +22,11 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cvkd.data import DataError, check_class_names, load_coco  # noqa: E402
+from cvkd.data.coco import parse_class_map  # noqa: E402
+from cvkd.runs import console_logging  # noqa: E402
 from cvkd.eval import (  # noqa: E402
     append_csv,
     csv_row,
@@ -39,20 +40,6 @@ from cvkd.eval import (  # noqa: E402
 
 class ToolError(Exception):
     """A usage or environment problem of this tool, printed as one line."""
-
-
-def parse_class_map(s: str | None) -> dict | None:
-    """A class map given inline as YAML/JSON ('{"0": person}') or as a path to a YAML/JSON file."""
-    if not s:
-        return None
-    text = Path(s).read_text(encoding="utf-8") if Path(s).is_file() else s
-    try:
-        m = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise DataError(f"--class-map: not valid YAML/JSON: {s!r}") from None
-    if not isinstance(m, dict):
-        raise DataError(f"--class-map must be a mapping {{original name: new name}}, got {s!r}")
-    return m
 
 
 def data_from_config(path: str) -> tuple[str, str, dict | None, int]:
@@ -154,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console_logging(logging.INFO)
     try:
         run(args)
     except (DataError, ToolError) as e:

@@ -24,10 +24,11 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import yaml  # noqa: E402
 
 from cvkd.checkpoint import CheckpointError  # noqa: E402
 from cvkd.data import DataError, load_coco  # noqa: E402
+from cvkd.data.coco import parse_class_map  # noqa: E402
+from cvkd.runs import console_logging  # noqa: E402
 from cvkd.export import (  # noqa: E402
     CALIB_METHODS,
     DEFAULT_OPSET,
@@ -44,20 +45,6 @@ from cvkd.export import (  # noqa: E402
 from cvkd.models import ModelError  # noqa: E402
 
 ERRORS = (ExportError, ModelError, CheckpointError, DataError)
-
-
-def parse_class_map(s: str | None) -> dict | None:
-    """Inline YAML/JSON ('{"0": person}') or a path to a YAML/JSON file."""
-    if not s:
-        return None
-    text = Path(s).read_text(encoding="utf-8") if Path(s).is_file() else s
-    try:
-        m = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise DataError(f"--class-map: not valid YAML/JSON: {s!r}") from None
-    if not isinstance(m, dict):
-        raise DataError(f"--class-map must be a mapping {{original name: new name}}, got {s!r}")
-    return m
 
 
 def run(args: argparse.Namespace) -> dict[str, Path]:
@@ -119,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    console_logging(logging.WARNING)
     try:
         run(args)
     except ERRORS as e:

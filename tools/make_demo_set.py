@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=640, help="longest image side after downscaling (default 640)")
     ap.add_argument("--budget-mb", type=float, default=12.0, help="size limit of images + json in MB (default 12)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from cvkd.runs import console_logging
+
+    console_logging(logging.INFO)
     try:
         names, splits = read_yolo_yaml(args.source)
         if "train" not in splits or "val" not in splits:

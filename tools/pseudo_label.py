@@ -73,7 +73,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from cvkd.runs import console_logging
+
+    console_logging(logging.INFO)
     try:
         run(args)
     except DataError as e:

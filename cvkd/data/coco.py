@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import yaml
 
 from .errors import DataError
 from .images import check_image
@@ -305,3 +306,17 @@ def load_split(cfg: Any, split: Literal["train", "val"]) -> CocoData:
                      check_images=True, box_policy=getattr(cfg, "box_policy", "clip"))
     data.cache = bool(getattr(cfg, "cache", False))
     return data
+
+
+def parse_class_map(s: str | None) -> dict | None:
+    """A class map given inline as YAML/JSON ('{"0": person}') or as a path to a YAML/JSON file."""
+    if not s:
+        return None
+    text = Path(s).read_text(encoding="utf-8") if Path(s).is_file() else s
+    try:
+        m = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise DataError(f"--class-map: not valid YAML/JSON: {s!r}") from None
+    if not isinstance(m, dict):
+        raise DataError(f"--class-map must be a mapping {{original name: new name}}, got {s!r}")
+    return m
