@@ -96,7 +96,8 @@ def run_ultralytics(args, name: str, seed: int, teacher_pt: Path | None) -> Path
     if teacher_pt is not None:
         cmd += [f"distill_model={teacher_pt}", "dis=6.0"]
     if (run / "weights" / "last.pt").is_file():
-        cmd = ["yolo", "detect", "train", f"resume={run / 'weights' / 'last.pt'}"]
+        # model= is needed: without it the CLI first builds its default model (a download, offline failure)
+        cmd = ["yolo", "detect", "train", f"model={run / 'weights' / 'last.pt'}", "resume=True"]
     print("$", " ".join(cmd), flush=True)
     env = {**os.environ, "YOLO_OFFLINE": "1", **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     subprocess.run(cmd, check=True, env=env)
@@ -241,6 +242,7 @@ def main() -> None:
                 rec = score_ultralytics(run, args)
                 role, method = ("distilled" if row == "ultralytics_kd" else "student"), row
             rec.pop("model", None)
+            table = {**table, **load_records()}  # another benchmark process may have added rows meanwhile
             table[(method, seed)] = {"model": "yolov8n", "role": role, "method": method, "seed": seed,
                                      "imgsz": args.imgsz, "epochs": args.epochs, "run": str(run), **rec}
             print(f"{row} seed {seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)

@@ -28,6 +28,7 @@ from .coco import CocoData
 from .errors import DataError
 from .images import read_rgb
 from .transforms import (
+    INTERP,
     apply_geometric,
     geometric_pipeline,
     hsv_jitter,
@@ -47,24 +48,29 @@ class CocoDataset(Dataset):
     (+- ``translate`` of the size), horizontal flip (``fliplr``), HSV gains (``hsv_*``). Crowd boxes are not trained on.
     Augmentation is a pure function of (seed, epoch, index), so it is identical whatever worker loads the item.
     ``cache`` (default ``data.cache``): decode each image once, resized so its long side is ``imgsz``, kept in RAM
-    (shared by every dataset built on the same ``data`` at that size).
+    (shared by every dataset built on the same ``data`` at that size and interpolation).
+    ``interp``: how images are shrunk to ``imgsz`` ("area" or "linear", see :func:`resize_long_side`).
     """
 
     def __init__(self, data: CocoData, imgsz: int = 640, train: bool = False, cache: bool | None = None,
                  mosaic: float = 0.0, scale: float = 0.5, translate: float = 0.1, fliplr: float = 0.5,
-                 hsv_h: float = 0.015, hsv_s: float = 0.7, hsv_v: float = 0.4, seed: int = 0, progress: bool = True):
+                 hsv_h: float = 0.015, hsv_s: float = 0.7, hsv_v: float = 0.4, seed: int = 0, progress: bool = True,
+                 interp: str = "area"):
         if imgsz <= 0 or imgsz % 32:
             raise DataError(f"imgsz must be a positive multiple of 32, got {imgsz}")
-        self.data, self.imgsz, self.train = data, imgsz, train
+        if interp not in INTERP:
+            raise DataError(f"interp must be one of {INTERP}, got {interp!r}")
+        self.data, self.imgsz, self.train, self.interp = data, imgsz, train, interp
         self.mosaic, self.hsv = float(mosaic), (hsv_h, hsv_s, hsv_v)
         self.seed, self.epoch = seed, 0
         self.geo = geometric_pipeline(imgsz, scale, translate, fliplr, crop=False) if train else None
         self.geo_mosaic = geometric_pipeline(imgsz, scale, translate, fliplr, crop=True) if train else None
         self.cache: list[np.ndarray] | None = None
         if data.cache if cache is None else cache:
-            if imgsz not in data.image_cache:
-                data.image_cache[imgsz] = self._build_cache(progress)
-            self.cache = data.image_cache[imgsz]
+            key = imgsz if interp == "area" else (imgsz, interp)
+            if key not in data.image_cache:
+                data.image_cache[key] = self._build_cache(progress)
+            self.cache = data.image_cache[key]
 
     def __len__(self) -> int:
         return len(self.data.images)
@@ -82,7 +88,7 @@ class CocoDataset(Dataset):
         if img.shape[:2] != (rec.height, rec.width):
             raise DataError(f"{self.data.json_path}: image id {rec.id}: decoded {img.shape[1]}x{img.shape[0]}, "
                             f"json says {rec.width}x{rec.height}")
-        return resize_long_side(img, self.imgsz)[0]  # (h, w, 3), max(h, w) == imgsz
+        return resize_long_side(img, self.imgsz, self.interp)[0]  # (h, w, 3), max(h, w) == imgsz
 
     def _build_cache(self, progress: bool) -> list[np.ndarray]:
         n = len(self.data.images)
@@ -177,5 +183,6 @@ def build_loaders(data_cfg: Any, train_cfg: Any, train_data: CocoData, seed: int
     Cheap to call every epoch with a new seed: the image cache lives on ``train_data``. Returns (loader, dataset)."""
     ds = CocoDataset(train_data, data_cfg.imgsz, train=True, mosaic=data_cfg.mosaic if mosaic else 0.0,
                      scale=data_cfg.scale, translate=data_cfg.translate, fliplr=data_cfg.fliplr, hsv_h=data_cfg.hsv_h,
-                     hsv_s=data_cfg.hsv_s, hsv_v=data_cfg.hsv_v, seed=seed)
+                     hsv_s=data_cfg.hsv_s, hsv_v=data_cfg.hsv_v, seed=seed,
+                     interp=getattr(data_cfg, "train_interp", "area"))
     return make_loader(ds, train_cfg.batch, shuffle=True, workers=data_cfg.workers, seed=seed), ds

@@ -16,13 +16,20 @@ MIN_VISIBILITY = 0.1  # a box keeps at least this fraction of its area after cro
 MIN_SIZE = 2.0  # pixels: smaller boxes after augmentation are dropped
 
 
-def resize_long_side(img: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-    """Resize (H, W, 3) so max(H, W) == size; returns (image, scale r). INTER_AREA when shrinking."""
+INTERP = ("area", "linear")
+
+
+def resize_long_side(img: np.ndarray, size: int, interp: str = "area") -> tuple[np.ndarray, float]:
+    """Resize (H, W, 3) so max(H, W) == size; returns (image, scale r).
+
+    Shrinking uses ``interp``: "area" (INTER_AREA, anti-aliased; what evaluation uses) or "linear" (INTER_LINEAR,
+    aliased, what ultralytics uses for training images). Enlarging is always linear."""
     h, w = img.shape[:2]
     r = size / max(h, w)
     nw, nh = max(1, round(w * r)), max(1, round(h * r))
     if (nw, nh) != (w, h):
-        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA if r < 1 else cv2.INTER_LINEAR)  # (nh, nw, 3)
+        mode = cv2.INTER_AREA if r < 1 and interp == "area" else cv2.INTER_LINEAR
+        img = cv2.resize(img, (nw, nh), interpolation=mode)  # (nh, nw, 3)
     return img, r
 
 

@@ -32,6 +32,8 @@ class DataConfig:
     hsv_h: float = opt(0.015, "hue jitter (fraction)")
     hsv_s: float = opt(0.7, "saturation jitter (fraction)")
     hsv_v: float = opt(0.4, "value/brightness jitter (fraction)")
+    train_interp: Literal["area", "linear"] = opt("area", "how training images are shrunk to imgsz: area "
+                                                  "(anti-aliased, as evaluation) or linear (aliased, as ultralytics)")
     box_policy: Literal["clip", "reject"] = opt("clip", "boxes partly outside the image: clip them or reject them")
     extra_train: list[dict] = opt([], "more labelled sets [{json: ..., images: ..., class_map: optional}], e.g. "
                                       "teacher pseudo-labels from tools/pseudo_label.py (hard-label KD)")
@@ -84,7 +86,9 @@ class KDConfig:
     logit_bg: float = opt(1.0, "weight of background anchors (not assigned to an object) in the logit term")
     feature: float = opt(0.0, "weight of the feature KD term (0 = off)")
     feature_loss: Literal["hint", "fgd", "cwd", "pkd"] = opt("cwd", "feature loss: FitNets hint (MSE), FGD, CWD or PKD")
-    feature_mask: Literal["all", "gt", "attention"] = opt("all", "spatial mask of hint/PKD: all cells, GT boxes, teacher attention")
+    feature_mask: Literal["all", "gt", "attention", "teacher_score"] = opt(
+        "all", "spatial mask of hint/PKD: all cells, GT boxes, teacher attention, teacher's max class score per cell")
+    feature_adapter: Literal["conv", "mlp"] = opt("conv", "student-to-teacher feature adapter: 1x1 conv or 1x1-ReLU-1x1")
     feature_bg: float = opt(1.0, "background weight of the hint loss with feature_mask=gt")
     feature_t: float = opt(1.0, "temperature of CWD (e.g. 4) / FGD attention (e.g. 0.5)")
     feature_levels: list[int] = opt([0, 1, 2], "student pyramid levels to distil (matched to the teacher by stride)")

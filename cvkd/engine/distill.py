@@ -58,7 +58,8 @@ class Distiller(nn.Module):
         self.adapters = nn.ModuleList()
         if cfg.feature > 0:
             ch_s, ch_t = student.feature_channels(imgsz), teacher.feature_channels(imgsz)
-            self.adapters.extend(HintAdapter(ch_s[ls], ch_t[lt]) for ls, lt in self.feature_pairs)
+            mlp = cfg.feature_adapter == "mlp"
+            self.adapters.extend(HintAdapter(ch_s[ls], ch_t[lt], mlp) for ls, lt in self.feature_pairs)
         self.same_anchors = student.strides == teacher.strides
 
     def _align(self, out_s: DetOutputs, out_t: DetOutputs) -> tuple[Tensor, Tensor]:
@@ -110,6 +111,9 @@ class Distiller(nn.Module):
                         fg_map = box_mask(boxes, bidx, B, f_t.shape[-2:], stride)
                     elif cfg.feature_mask == "attention":
                         mask = attention_masks(f_t, cfg.feature_t)[0]
+                    elif cfg.feature_mask == "teacher_score":  # the teacher's confidence per cell of this level
+                        sl = _level_slices(out_t.level_sizes)[lt]
+                        mask = teacher_score_weights(out_t.cls_logits[:, sl]).reshape(B, *f_t.shape[-2:])  # (B, H, W)
                     if cfg.feature_loss == "hint":
                         level_losses.append(feature_hint(f_s, f_t, mask, fg_map, cfg.feature_bg))
                     else:

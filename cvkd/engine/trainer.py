@@ -89,8 +89,9 @@ def _train_loader(cfg: RunConfig, d: Dist, train_data, epoch: int, batch: int = 
 
     batch = batch or cfg.train.batch
     mosaic_on = epoch < cfg.train.epochs - cfg.data.close_mosaic
-    loader, ds = build_loaders(cfg.data, SimpleNamespace(batch=batch), train_data, seed=cfg.train.seed + epoch,
-                               mosaic=mosaic_on)
+    # one data seed per (run seed, epoch): seed + epoch would make run seed 1 replay seed 0's epochs shifted by one
+    loader, ds = build_loaders(cfg.data, SimpleNamespace(batch=batch), train_data,
+                               seed=cfg.train.seed * 100_003 + epoch, mosaic=mosaic_on)
     if d.enabled:
         loader = sharded_loader(d, ds, batch, cfg.data.workers, cfg.train.seed, epoch, collate_fn, seed_worker)
     return loader

@@ -14,13 +14,15 @@ from .logit_kd import kd_divergence
 
 class HintAdapter(nn.Module):
     """FitNets regressor: a 1x1 conv from student to teacher channels (Romero et al. 2015, "FitNets: Hints for Thin
-    Deep Nets"). Resizes to the teacher's spatial size when the two strides differ."""
+    Deep Nets"); ``mlp=True`` makes it 1x1 conv -> ReLU -> 1x1 conv (a non-linear projector, as in ultralytics' own
+    distillation). Resizes to the teacher's spatial size when the two strides differ."""
 
-    def __init__(self, channels_s: int, channels_t: int):
+    def __init__(self, channels_s: int, channels_t: int, mlp: bool = False):
         super().__init__()
-        self.proj = nn.Conv2d(channels_s, channels_t, kernel_size=1, bias=True)
-        nn.init.kaiming_uniform_(self.proj.weight, a=1.0)
-        nn.init.zeros_(self.proj.bias)
+        first = nn.Conv2d(channels_s, channels_t, kernel_size=1, bias=True)
+        nn.init.kaiming_uniform_(first.weight, a=1.0)
+        nn.init.zeros_(first.bias)
+        self.proj = nn.Sequential(first, nn.ReLU(), nn.Conv2d(channels_t, channels_t, 1)) if mlp else first
 
     def forward(self, f_s: Tensor, size_t: tuple[int, int] | None = None) -> Tensor:
         out = self.proj(f_s)  # (B, C_t, H_s, W_s)
