@@ -26,9 +26,27 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
-DATA = ROOT / "data" / "cctv_people"
-RESULTS = ROOT / "benchmarks" / "results" / "cctv_distill.csv"
+SHARED = ROOT.parent / "shared" / "datasets"
+# the real sets this benchmark runs on: converted COCO json under data/, images read in place from ../shared
+DATASETS = {
+    "cctv": {"src": SHARED / "cctv_people", "data": ROOT / "data" / "cctv_people", "train_images": "train/images",
+             "val_images": "valid/images", "class_map": {"0": "person", "1": "person"}, "convert": ["yolo"],
+             "results": "cctv_distill.csv", "out": "bench_cctv"},
+    "pennfudan": {"src": SHARED / "pennfudan", "data": ROOT / "data" / "pennfudan", "train_images": "PNGImages",
+                  "val_images": "PNGImages", "class_map": None,
+                  "convert": ["pennfudan", "--val-fraction", "0.2", "--seed", "0"],
+                  "results": "pennfudan_distill.csv", "out": "bench_pennfudan"},
+}
+DS = DATASETS["cctv"]
+SRC, DATA = DS["src"], DS["data"]
+RESULTS = ROOT / "benchmarks" / "results" / DS["results"]
+
+
+def select_dataset(name: str) -> None:
+    global DS, SRC, DATA, RESULTS
+    DS = DATASETS[name]
+    SRC, DATA = DS["src"], DS["data"]
+    RESULTS = ROOT / "benchmarks" / "results" / DS["results"]
 COLUMNS = ["model", "role", "method", "seed", "imgsz", "epochs", "params_m", "gflops", "map", "ap50", "gap_closed",
            "sec_per_epoch", "run"]
 # KD settings of the cvkd rows (see docs/cctv_sweep.md for how they were chosen)
@@ -46,15 +64,25 @@ def ensure_data() -> None:
     if (DATA / "train.json").is_file() and (DATA / "val.json").is_file():
         return
     if not SRC.is_dir():
-        sys.exit(f"error: {SRC} not found (the CCTV people set is read from ../shared/datasets)")
-    subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo", str(SRC), "--out", str(DATA)],
+        sys.exit(f"error: {SRC} not found (the benchmark reads its data from ../shared/datasets)")
+    cmd, *opts = DS["convert"]
+    subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), cmd, str(SRC), "--out", str(DATA), *opts],
                    check=True)
+
+
+def data_overrides() -> list[str]:
+    """Point the CCTV configs at the selected set."""
+    import json
+
+    return [f"data.train_json={DATA / 'train.json'}", f"data.train_images={SRC / DS['train_images']}",
+            f"data.val_json={DATA / 'val.json'}", f"data.val_images={SRC / DS['val_images']}",
+            f"data.class_map={json.dumps(DS['class_map'])}"]
 
 
 def common(args, name: str, seed: int) -> list[str]:
     return [f"out={args.out}", f"name={name}", f"train.epochs={args.epochs}", f"data.imgsz={args.imgsz}",
             f"train.seed={seed}", f"train.device={args.device}", f"train.batch={args.batch}",
-            f"train.threads={args.threads}"]
+            f"train.threads={args.threads}", *data_overrides()]
 
 
 def run_cvkd(args, tool: str, config: str, name: str, seed: int, extra: list[str]) -> Path:
@@ -77,7 +105,25 @@ def _finished(run: Path, epochs: int) -> bool:
 
 def ultralytics_data_yaml() -> Path:
     path = DATA / "ultralytics.yaml"
-    path.write_text(f"path: {SRC}\ntrain: train/images\nval: valid/images\nnames:\n  0: '0'\n  1: '1'\n")
+    if DS["convert"][0] == "yolo":  # the source is in YOLO format already
+        path.write_text(f"path: {SRC}\ntrain: {DS['train_images']}\nval: {DS['val_images']}\n"
+                        "names:\n  0: '0'\n  1: '1'\n")
+        return path
+    from cvkd.data.convert import coco_to_yolo
+
+    root = DATA / "yolo"  # images/{split} (links to the source files) beside labels/{split}, as ultralytics wants
+    for split, images in (("train", DS["train_images"]), ("val", DS["val_images"])):
+        names = coco_to_yolo(DATA / f"{split}.json", root / "labels" / split)
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        for label in (root / "labels" / split).rglob("*.txt"):
+            rel = label.relative_to(root / "labels" / split).with_suffix("")
+            src = next((SRC / images).glob(f"{rel}.*"))
+            link = root / "images" / split / rel.with_suffix(src.suffix)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(src)
+    lines = "".join(f"  {i}: '{n}'\n" for i, n in enumerate(names))
+    path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{lines}")
     return path
 
 
@@ -134,14 +180,15 @@ def score_ultralytics(run: Path, args) -> dict:
 
     model = load_detector(run / "weights" / "last.pt")
     model.class_names = ["person"]  # single_cls: ultralytics keeps one class under the source's first name
-    val = load_coco(DATA / "val.json", SRC / "valid" / "images", {"0": "person", "1": "person"})
+    val = load_coco(DATA / "val.json", SRC / DS["val_images"], DS["class_map"])
     metrics = evaluate(model.eval().predict, val, args.imgsz, 16, "cpu", quiet=True)
     with (run / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    times = [float(r["time"]) for r in rows]
+    times = [float(r["time"]) for r in rows]  # seconds since the (last) start: a resumed run counts from 0 again
+    per_epoch = [t - prev if t > prev else t for prev, t in zip([0.0, *times], times)]
     params, gflops = model_stats(model, args.imgsz)
     return {"map": metrics["map"], "ap50": metrics["ap50"], "params_m": params, "gflops": gflops,
-            "sec_per_epoch": times[-1] / len(times)}
+            "sec_per_epoch": statistics.mean(per_epoch)}
 
 
 def load_records() -> dict:
@@ -203,9 +250,13 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=ALL_ROWS, choices=ALL_ROWS, help="which rows to run")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run, both tools (0 = their default)")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_cctv"), help="folder of the benchmark's runs")
+    ap.add_argument("--dataset", default="cctv", choices=list(DATASETS),
+                    help="cctv (default; results/cctv_distill.csv) or pennfudan (results/pennfudan_distill.csv)")
+    ap.add_argument("--out", default=None, help="folder of the benchmark's runs (default runs/bench_<dataset>)")
     ap.add_argument("--table-only", action="store_true", help="recompute gap_closed and print the table from the CSV")
     args = ap.parse_args()
+    select_dataset(args.dataset)
+    args.out = args.out or str(ROOT / "runs" / DS["out"])
     if args.table_only:
         write_table(load_records())
         return

@@ -93,3 +93,36 @@ def console_logging(level: int = logging.INFO) -> None:
     h.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(h)
     root.setLevel(level)
+
+
+def tool_main(argv: list[str] | None, description: str, config_cls: type, resolve, train, errors: tuple,
+              require_teacher: bool, names: tuple[str, str], result_keys: tuple[str, ...]) -> int:
+    """The command line of a train/distill tool pair: ``-c config.yaml key=value ...``, every config key in ``--help``,
+    known errors as one line (exit 2). ``names``: (train tool, distill tool) for the wrong-tool message."""
+    import argparse
+    import sys
+
+    from .config import describe
+
+    epilog = "config keys (set in the YAML or as key=value overrides):\n" + "\n".join(describe(config_cls))
+    ap = argparse.ArgumentParser(description=description, epilog=epilog,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", "-c", help="YAML config (see configs/); keys not given take the defaults below")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.batch=8 kd.teacher=teacher.pt")
+    args = ap.parse_args(argv)
+    try:
+        cfg = resolve(args.config, args.overrides)
+        if require_teacher and not cfg.kd.teacher:
+            raise ConfigError("distillation needs a teacher: set kd.teacher=path/to/teacher.pt")
+        if not require_teacher and cfg.kd.teacher:
+            raise ConfigError(f"{names[0]} trains without a teacher: use {names[1]}, or set kd.teacher=''")
+        result = train(cfg)
+    except (ConfigError, *errors) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: resume with resume=<run folder>", file=sys.stderr)
+        return 130
+    print(f"run folder: {result['run_dir']}")
+    print(" ".join(f"{k}={result[k]:.4f}" for k in result_keys if k in result))
+    return 0
