@@ -48,7 +48,10 @@ def select_dataset(name: str) -> None:
     SRC, DATA = DS["src"], DS["data"]
     RESULTS = ROOT / "benchmarks" / "results" / DS["results"]
 COLUMNS = ["model", "role", "method", "seed", "imgsz", "epochs", "params_m", "gflops", "map", "ap50", "gap_closed",
-           "sec_per_epoch", "run"]
+           "sec_per_epoch", "interp", "teacher", "run"]
+# interp: how training images were shrunk to imgsz (cvkd's data.train_interp; ultralytics always uses linear).
+# teacher: the teacher run of a distilled row. gap_closed compares a row with its own tool's baseline trained with
+# the same interp, and with that teacher.
 # KD settings of the cvkd rows (see docs/cctv_sweep.md for how they were chosen)
 KD_ROWS = {
     "logit": ["kd.logit=4.0", "kd.logit_t=1.0"],
@@ -56,6 +59,14 @@ KD_ROWS = {
     "box": ["kd.box=0.25", "kd.box_loss=ld", "kd.box_t=10.0"],
     "all": ["kd.logit=4.0", "kd.logit_t=1.0", "kd.feature=2.0", "kd.feature_loss=cwd", "kd.feature_t=4.0",
             "kd.box=0.25", "kd.box_loss=ld", "kd.box_t=10.0"],
+    # score-weighted feature imitation: the teacher's max class probability weights each cell's squared error after
+    # a 1x1-ReLU-1x1 projector (ultralytics' built-in recipe; weight 18 = its dis=6 summed over three levels, cvkd
+    # averages the levels), alone and with the logit and box terms of "all"
+    "feature_sw": ["kd.feature=18.0", "kd.feature_loss=hint", "kd.feature_mask=teacher_score",
+                   "kd.feature_adapter=mlp"],
+    "all_sw": ["kd.logit=4.0", "kd.logit_t=1.0", "kd.feature=18.0", "kd.feature_loss=hint",
+               "kd.feature_mask=teacher_score", "kd.feature_adapter=mlp", "kd.box=0.25", "kd.box_loss=ld",
+               "kd.box_t=10.0"],
 }
 ALL_ROWS = ["teacher", "student", *KD_ROWS, "ultralytics_none", "ultralytics_kd"]
 
@@ -191,8 +202,17 @@ def score_ultralytics(run: Path, args) -> dict:
             "sec_per_epoch": statistics.mean(per_epoch)}
 
 
+def run_name(row: str, seed: int, interp: str) -> str:
+    """Run folder of a cvkd row; area runs keep the names they had before linear became the default."""
+    return f"{row}_s{seed}" if interp == "area" else f"{row}_{interp}_s{seed}"
+
+
+def record_key(r: dict) -> tuple:
+    return (r["role"], r["method"], r["seed"], r.get("interp") or "area", r.get("teacher") or "")
+
+
 def load_records() -> dict:
-    """Rows already in the CSV, keyed by (method, seed), so that a partial invocation adds to the table."""
+    """Rows already in the CSV, keyed by :func:`record_key`, so that a partial invocation adds to the table."""
     if not RESULTS.is_file():
         return {}
     out = {}
@@ -201,20 +221,23 @@ def load_records() -> dict:
             for k in ("params_m", "gflops", "map", "ap50", "sec_per_epoch", "gap_closed"):
                 r[k] = float(r[k]) if r.get(k) not in (None, "") else ""
             r["seed"] = int(r["seed"])
-            out[(r["method"] if r["role"] != "teacher" else "teacher", r["seed"])] = r
+            out[record_key(r)] = r
     return out
 
 
 def write_table(table: dict) -> None:
-    records = sorted(table.values(), key=lambda r: (ALL_ROWS.index(r["method"]) if r["method"] in ALL_ROWS
-                                                   else (0 if r["role"] == "teacher" else 1), r["seed"]))
-    by_base = {}
-    teacher = next((r for r in records if r["role"] == "teacher"), None)
+    records = sorted(table.values(), key=lambda r: (r.get("teacher") or "", 0 if r["role"] == "teacher" else 1,
+                                                   r.get("interp") or "", ALL_ROWS.index(r["method"]) if r["method"]
+                                                   in ALL_ROWS else 0, r["seed"]))
+    by_base: dict = {}
+    teachers = {r["run"]: r for r in records if r["role"] == "teacher"}
     for r in records:
         if r["role"] == "student":  # each tool's own baseline: cvkd (none) or ultralytics (ultralytics_none)
-            by_base.setdefault(r["method"], []).append(r["map"])
+            by_base.setdefault((r["method"], r.get("interp")), []).append(r["map"])
     for r in records:
-        base = by_base.get("ultralytics_none" if r["method"].startswith("ultralytics") else "none")
+        base = by_base.get(("ultralytics_none", "linear") if r["method"].startswith("ultralytics")
+                           else ("none", r.get("interp")))
+        teacher = teachers.get(r.get("teacher", ""))
         r["gap_closed"] = ""
         if teacher and base and r["role"] == "distilled":
             b = statistics.mean(base)
@@ -226,16 +249,17 @@ def write_table(table: dict) -> None:
         for r in records:
             r["run"] = os.path.relpath(r["run"], ROOT) if os.path.isabs(str(r.get("run", ""))) else r.get("run", "")
             w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
-    print("\n| role | method | seeds | mAP@[.5:.95] mean +- sd | AP50 | gap closed | params (M) | GFLOPs | s/epoch |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| role | method | interp | teacher | seeds | mAP@[.5:.95] mean +- sd | AP50 | gap closed | params (M) | "
+          "GFLOPs | s/epoch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict = {}
     for r in records:
-        groups.setdefault((r["role"], r["method"]), []).append(r)
-    for (role, method), rs in groups.items():
+        groups.setdefault((r["role"], r["method"], r.get("interp", ""), r.get("teacher", "")), []).append(r)
+    for (role, method, interp, teacher), rs in groups.items():
         maps = [r["map"] for r in rs]
         sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
         gap = [r["gap_closed"] for r in rs if isinstance(r.get("gap_closed"), float)]
-        print(f"| {role} | {method} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} | "
+        print(f"| {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} | "
               f"{statistics.mean(r['ap50'] for r in rs):.4f} | {statistics.mean(gap) if gap else float('nan'):.2f} | "
               f"{rs[0]['params_m']:.2f} | {rs[0]['gflops']:.2f} | {statistics.mean(r['sec_per_epoch'] for r in rs):.0f} |")
     print(f"\nwritten {RESULTS}")
@@ -253,6 +277,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="cctv", choices=list(DATASETS),
                     help="cctv (default; results/cctv_distill.csv) or pennfudan (results/pennfudan_distill.csv)")
     ap.add_argument("--out", default=None, help="folder of the benchmark's runs (default runs/bench_<dataset>)")
+    ap.add_argument("--interp", default="linear", choices=["linear", "area"],
+                    help="how cvkd runs shrink training images (data.train_interp; default linear, as ultralytics); "
+                         "also picks the teacher (trained the same way) of the KD rows")
     ap.add_argument("--table-only", action="store_true", help="recompute gap_closed and print the table from the CSV")
     args = ap.parse_args()
     select_dataset(args.dataset)
@@ -262,43 +289,54 @@ def main() -> None:
         return
     ensure_data()
     table = load_records()
-    teacher_run = run_cvkd(args, "train.py", "cctv_teacher.yaml", "teacher_s0", 0, [])
+    interp_args = [f"data.train_interp={args.interp}"]
+    teacher_run = run_cvkd(args, "train.py", "cctv_teacher.yaml", run_name("teacher", 0, args.interp), 0, interp_args)
     t = score_cvkd(teacher_run, args)
     teacher_pt = teacher_run / "final.pt"
-    table[("teacher", 0)] = ({"model": "yolov8s", "role": "teacher", "method": "none", "seed": 0, "imgsz": args.imgsz,
-                    "epochs": args.epochs, "run": str(teacher_run), **{k: v for k, v in t.items() if k != "model"}})
-    write_table(table)
+    teacher_rel = os.path.relpath(teacher_run, ROOT)
+
+    def add(rec: dict) -> None:
+        nonlocal table
+        table = {**table, **load_records()}  # another benchmark process may have added rows meanwhile
+        table[record_key(rec)] = rec
+        write_table(table)
+
+    add({"model": "yolov8s", "role": "teacher", "method": "none", "seed": 0, "imgsz": args.imgsz,
+         "epochs": args.epochs, "interp": args.interp, "teacher": "", "run": str(teacher_run),
+         **{k: v for k, v in t.items() if k != "model"}})
     for seed in args.seeds:
         for row in args.rows:
             t0 = time.time()
             if row == "teacher":
                 continue
+            interp, teacher = args.interp, ""
             if row == "student":
-                run = run_cvkd(args, "train.py", "cctv_student.yaml", f"student_s{seed}", seed, [])
+                run = run_cvkd(args, "train.py", "cctv_student.yaml", run_name("student", seed, interp), seed,
+                               interp_args)
                 rec = score_cvkd(run, args)
                 role, method = "student", "none"
             elif row in KD_ROWS:
-                run = run_cvkd(args, "distill.py", "cctv_distill.yaml", f"{row}_s{seed}", seed,
-                               [f"kd.teacher={teacher_pt}", "kd.logit=0", "kd.feature=0", "kd.box=0", *KD_ROWS[row]])
+                run = run_cvkd(args, "distill.py", "cctv_distill.yaml", run_name(row, seed, interp), seed,
+                               [*interp_args, f"kd.teacher={teacher_pt}", "kd.logit=0", "kd.feature=0", "kd.box=0",
+                                *KD_ROWS[row]])
                 rec = score_cvkd(run, args)
-                role, method = "distilled", row
+                role, method, teacher = "distilled", row, teacher_rel
             else:
                 from cvkd.models.export_ultralytics import to_ultralytics_checkpoint
 
-                ul_teacher = None
+                ul_teacher, interp, name = None, "linear", f"{row}_s{seed}"
                 if row == "ultralytics_kd":
-                    ul_teacher = Path(args.out) / "teacher_ultralytics.pt"
+                    suffix = "" if args.interp == "area" else f"_{args.interp}"
+                    ul_teacher = Path(args.out) / f"teacher{suffix}_ultralytics.pt"
                     to_ultralytics_checkpoint(teacher_pt, ul_teacher, args.imgsz)
-                run = run_ultralytics(args, f"{row}_s{seed}", seed, ul_teacher)
+                    name, teacher = f"{row}{'_t' + args.interp if suffix else ''}_s{seed}", teacher_rel
+                run = run_ultralytics(args, name, seed, ul_teacher)
                 rec = score_ultralytics(run, args)
                 role, method = ("distilled" if row == "ultralytics_kd" else "student"), row
             rec.pop("model", None)
-            table = {**table, **load_records()}  # another benchmark process may have added rows meanwhile
-            table[(method, seed)] = {"model": "yolov8n", "role": role, "method": method, "seed": seed,
-                                     "imgsz": args.imgsz, "epochs": args.epochs, "run": str(run), **rec}
+            add({"model": "yolov8n", "role": role, "method": method, "seed": seed, "imgsz": args.imgsz,
+                 "epochs": args.epochs, "interp": interp, "teacher": teacher, "run": str(run), **rec})
             print(f"{row} seed {seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)
-            write_table(table)
-
 
 if __name__ == "__main__":
     main()

@@ -32,8 +32,8 @@ class DataConfig:
     hsv_h: float = opt(0.015, "hue jitter (fraction)")
     hsv_s: float = opt(0.7, "saturation jitter (fraction)")
     hsv_v: float = opt(0.4, "value/brightness jitter (fraction)")
-    train_interp: Literal["area", "linear"] = opt("area", "how training images are shrunk to imgsz: area "
-                                                  "(anti-aliased, as evaluation) or linear (aliased, as ultralytics)")
+    train_interp: Literal["area", "linear"] = opt("linear", "how training images are shrunk to imgsz: linear "
+                                                  "(sharp, aliased; as ultralytics) or area (smooth; as evaluation)")
     box_policy: Literal["clip", "reject"] = opt("clip", "boxes partly outside the image: clip them or reject them")
     extra_train: list[dict] = opt([], "more labelled sets [{json: ..., images: ..., class_map: optional}], e.g. "
                                       "teacher pseudo-labels from tools/pseudo_label.py (hard-label KD)")

@@ -74,6 +74,30 @@ def test_cache_gives_identical_items(tiny):
     assert CocoDataset(data, 96, cache=True).cache is data.image_cache[96]  # reused, not rebuilt
 
 
+def test_train_interpolation(tiny):
+    """interp="linear" shrinks with INTER_LINEAR (ultralytics' training images), "area" with INTER_AREA; each has its
+    own cache entry, boxes are the same, and an unknown value is one DataError."""
+    import cv2
+    import numpy as np
+
+    from cvkd.data.images import read_rgb
+
+    path, img_dir, _ = tiny
+    data = load_coco(path, img_dir)
+    area = CocoDataset(data, 32, cache=True, progress=False)
+    linear = CocoDataset(data, 32, cache=True, progress=False, interp="linear")
+    assert area.cache is data.image_cache[32] and linear.cache is data.image_cache[(32, "linear")]
+    for i, rec in enumerate(data.images):
+        img = read_rgb(rec.path)
+        r = 32 / max(rec.width, rec.height)
+        size = (max(1, round(rec.width * r)), max(1, round(rec.height * r)))
+        assert np.array_equal(linear.cache[i], cv2.resize(img, size, interpolation=cv2.INTER_LINEAR))
+        assert np.array_equal(area.cache[i], cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+        assert torch.equal(area[i]["boxes"], linear[i]["boxes"])
+    assert not np.array_equal(linear.cache[2], area.cache[2])  # 40 -> 32 px (at exactly 2x the two are equal)
+    with pytest.raises(DataError, match="interp must be one of"):
+        CocoDataset(data, 32, interp="cubic")
+
 def test_collate_format(tiny):
     path, img_dir, _ = tiny
     ds = CocoDataset(load_coco(path, img_dir), 64)
