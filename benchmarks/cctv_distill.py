@@ -52,7 +52,7 @@ COLUMNS = ["model", "role", "method", "seed", "imgsz", "epochs", "params_m", "gf
 # interp: how training images were shrunk to imgsz (cvkd's data.train_interp; ultralytics always uses linear).
 # teacher: the teacher run of a distilled row. gap_closed compares a row with its own tool's baseline trained with
 # the same interp, and with that teacher.
-# KD settings of the cvkd rows (see docs/cctv_sweep.md for how they were chosen)
+# KD settings of the cvkd rows (docs/cctv.md says where each comes from; no sweep has been run yet)
 KD_ROWS = {
     "logit": ["kd.logit=4.0", "kd.logit_t=1.0"],
     "feature": ["kd.feature=2.0", "kd.feature_loss=cwd", "kd.feature_t=4.0"],
