@@ -178,11 +178,11 @@ def make_loader(dataset: CocoDataset, batch_size: int, shuffle: bool, workers: i
 def build_loaders(data_cfg: Any, train_cfg: Any, train_data: CocoData, seed: int = 0,
                   mosaic: bool = True) -> tuple[DataLoader, CocoDataset]:
     """The training loader from a data config (``imgsz``, ``workers``, ``mosaic``, ``scale``, ``translate``, ``fliplr``,
-    ``hsv_*``; cache from ``train_data.cache``) and ``train_cfg.batch``. ``mosaic=False`` turns mosaic off
+    ``hsv_*``, ``train_interp``; cache from ``train_data.cache``) and ``train_cfg.batch``. ``mosaic=False`` turns mosaic off
     (close_mosaic).
     Cheap to call every epoch with a new seed: the image cache lives on ``train_data``. Returns (loader, dataset)."""
     ds = CocoDataset(train_data, data_cfg.imgsz, train=True, mosaic=data_cfg.mosaic if mosaic else 0.0,
                      scale=data_cfg.scale, translate=data_cfg.translate, fliplr=data_cfg.fliplr, hsv_h=data_cfg.hsv_h,
                      hsv_s=data_cfg.hsv_s, hsv_v=data_cfg.hsv_v, seed=seed,
-                     interp=getattr(data_cfg, "train_interp", "area"))
+                     interp=data_cfg.train_interp)
     return make_loader(ds, train_cfg.batch, shuffle=True, workers=data_cfg.workers, seed=seed), ds

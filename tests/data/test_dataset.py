@@ -178,9 +178,9 @@ def test_loader_workers_match_main_process(tmp_path):
 def test_build_loaders_from_config(tmp_path):
     data = _train_set(tmp_path, n=3)
     cfg = SimpleNamespace(imgsz=64, workers=0, mosaic=1.0, scale=0.5, translate=0.1, fliplr=0.5, hsv_h=0.015,
-                          hsv_s=0.7, hsv_v=0.4)
+                          hsv_s=0.7, hsv_v=0.4, train_interp="linear")
     loader, ds = build_loaders(cfg, SimpleNamespace(batch=2), data, seed=1, mosaic=False)
-    assert ds.mosaic == 0.0 and ds.train and len(loader) == 2
+    assert ds.mosaic == 0.0 and ds.train and len(loader) == 2 and ds.interp == "linear"
     batch = next(iter(loader))
     assert batch["img"].shape == (2, 3, 64, 64) and batch["bboxes"].shape[1] == 4
 
