@@ -18,14 +18,15 @@ log = logging.getLogger("cvkd")
 
 def resolve_run_config(cls: type[T], config_path: str | None, overrides: list[str]) -> T:
     """The config of a new run, or, with ``resume=...``, the saved config of that run plus the other overrides."""
-    cfg = load_config(cls, config_path, overrides)
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        run_dir = run_dir.parent if run_dir.suffix == ".pt" else run_dir
-        if not (run_dir / "config.yaml").is_file():
-            raise ConfigError(f"resume={cfg.resume}: no config.yaml there (is it a cvkd run folder?)")
-        cfg = load_config(cls, run_dir / "config.yaml", [o for o in overrides if not o.startswith("resume=")])
-        cfg.resume = str(run_dir)
+    resume = next((o.split("=", 1)[1] for o in reversed(overrides) if o.startswith("resume=")), "")
+    if not resume:  # the saved config alone decides a resumed run: -c is not validated (it may lack e.g. kd.teacher)
+        return load_config(cls, config_path, overrides)
+    run_dir = Path(resume)
+    run_dir = run_dir.parent if run_dir.suffix == ".pt" else run_dir
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"resume={resume}: no config.yaml there (is it a cvkd run folder?)")
+    cfg = load_config(cls, run_dir / "config.yaml", [o for o in overrides if not o.startswith("resume=")])
+    cfg.resume = str(run_dir)
     return cfg
 
 

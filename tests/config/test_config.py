@@ -70,3 +70,19 @@ def test_describe_lists_every_key():
     for key in ("name", "levels", "class_map", "train.epochs", "train.lr", "train.schedule"):
         assert key in text
     assert "number of epochs" in text
+
+
+def test_resume_ignores_an_invalid_base_config(tmp_path):
+    """``-c cctv_distill.yaml resume=<run>``: the saved run config decides; the -c file (no kd.teacher) is not checked."""
+    from cvkd.engine.config import RunConfig
+    from cvkd.runs import resolve_run_config
+
+    base = tmp_path / "base.yaml"
+    base.write_text("kd:\n  logit: 1.0\n")
+    with pytest.raises(ConfigError, match="need a teacher"):
+        resolve_run_config(RunConfig, str(base), [])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("kd:\n  logit: 1.0\n  teacher: t.pt\n")
+    cfg = resolve_run_config(RunConfig, str(base), [f"resume={run}", "train.epochs=7"])
+    assert (cfg.kd.teacher, cfg.train.epochs, cfg.resume) == ("t.pt", 7, str(run))
