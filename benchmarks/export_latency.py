@@ -131,7 +131,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     import onnxruntime
 
     for r in all_rows:
-        r.update(cpu=cpu_name(), onnxruntime=onnxruntime.__version__, file=str(r["file"]))
+        path = Path(r["file"]).resolve()  # repo-relative when inside the repo, so the CSV is the same on every machine
+        r.update(cpu=cpu_name(), onnxruntime=onnxruntime.__version__,
+                 file=str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
     write_csv(all_rows, Path(args.out))
     print(f"\nONNX Runtime {onnxruntime.__version__} CPU ({cpu_name()}), batch 1, {args.threads} intra-op thread(s), "
           f"median/p90 of {args.runs} runs after {args.warmup} warm-up\n")
