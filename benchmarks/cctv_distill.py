@@ -8,6 +8,7 @@ the final epoch (no best-epoch picking on val). Prints a markdown table and writ
 
     python benchmarks/cctv_distill.py --epochs 30 --imgsz 320 --seeds 0          # one seed of every row
     python benchmarks/cctv_distill.py --rows student all --seeds 1 2              # more seeds of two rows
+    python benchmarks/cctv_distill.py --student timm:mobilenetv3_small_100 --rows student all_sw  # cross-family
 
 Runs are resumable: a killed benchmark continues each unfinished run from its last checkpoint.
 """
@@ -21,6 +22,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ultralytics_peer import (
+    model_stats,
+    run_ultralytics,
+    score_ultralytics,
+    ultralytics_data_yaml,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -69,6 +77,7 @@ KD_ROWS = {
                "kd.box_t=10.0"],
 }
 ALL_ROWS = ["teacher", "student", *KD_ROWS, "ultralytics_none", "ultralytics_kd"]
+DEFAULT_STUDENT = "yolov8n"  # the student of configs/cctv_student.yaml; --student names another cvkd model.name
 
 
 def ensure_data() -> None:
@@ -114,64 +123,6 @@ def _finished(run: Path, epochs: int) -> bool:
     return bool(rows) and int(rows[-1]["epoch"]) >= epochs and rows[-1].get("map", "") != ""
 
 
-def ultralytics_data_yaml() -> Path:
-    path = DATA / "ultralytics.yaml"
-    if DS["convert"][0] == "yolo":  # the source is in YOLO format already
-        path.write_text(f"path: {SRC}\ntrain: {DS['train_images']}\nval: {DS['val_images']}\n"
-                        "names:\n  0: '0'\n  1: '1'\n")
-        return path
-    from cvkd.data.convert import coco_to_yolo
-
-    root = DATA / "yolo"  # images/{split} (links to the source files) beside labels/{split}, as ultralytics wants
-    for split, images in (("train", DS["train_images"]), ("val", DS["val_images"])):
-        names = coco_to_yolo(DATA / f"{split}.json", root / "labels" / split)
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        for label in (root / "labels" / split).rglob("*.txt"):
-            rel = label.relative_to(root / "labels" / split).with_suffix("")
-            src = next((SRC / images).glob(f"{rel}.*"))
-            link = root / "images" / split / rel.with_suffix(src.suffix)
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
-                link.symlink_to(src)
-    lines = "".join(f"  {i}: '{n}'\n" for i, n in enumerate(names))
-    path.write_text(f"path: {root}\ntrain: images/train\nval: images/val\nnames:\n{lines}")
-    return path
-
-
-def run_ultralytics(args, name: str, seed: int, teacher_pt: Path | None) -> Path:
-    """Plain `yolo detect train` (single_cls merges both classes into one, like cvkd's class_map)."""
-    project = Path(args.out).resolve() / "ultralytics"
-    run = project / name
-    if (run / "weights" / "last.pt").is_file() and (run / "results.csv").is_file():
-        with (run / "results.csv").open() as f:
-            if len(list(csv.DictReader(f))) >= args.epochs:
-                return run
-    cmd = ["yolo", "detect", "train", "model=yolov8n.yaml", f"data={ultralytics_data_yaml()}", f"epochs={args.epochs}",
-           f"imgsz={args.imgsz}", f"batch={args.batch}", "workers=2", f"device={args.device}", "pretrained=False",
-           "amp=False", "cache=ram", "plots=False", f"seed={seed}", "single_cls=True", f"project={project}",
-           f"name={name}", "exist_ok=True", "val=True"]
-    if teacher_pt is not None:
-        cmd += [f"distill_model={teacher_pt}", "dis=6.0"]
-    if (run / "weights" / "last.pt").is_file():
-        # model= is needed: without it the CLI first builds its default model (a download, offline failure)
-        cmd = ["yolo", "detect", "train", f"model={run / 'weights' / 'last.pt'}", "resume=True"]
-    print("$", " ".join(cmd), flush=True)
-    env = {**os.environ, "YOLO_OFFLINE": "1", **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
-    subprocess.run(cmd, check=True, env=env)
-    return run
-
-
-def model_stats(model, imgsz: int) -> tuple[float, float]:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    model = model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(torch.zeros(1, 3, imgsz, imgsz))
-    return params, fc.get_total_flops() / 1e9
-
-
 def score_cvkd(run: Path, args) -> dict:
     from cvkd.engine.report import read_rows
     from cvkd.models import load_detector
@@ -184,31 +135,16 @@ def score_cvkd(run: Path, args) -> dict:
             "sec_per_epoch": sec, "model": model}
 
 
-def score_ultralytics(run: Path, args) -> dict:
-    from cvkd.data import load_coco
-    from cvkd.eval import evaluate
-    from cvkd.models import load_detector
-
-    model = load_detector(run / "weights" / "last.pt")
-    model.class_names = ["person"]  # single_cls: ultralytics keeps one class under the source's first name
-    val = load_coco(DATA / "val.json", SRC / DS["val_images"], DS["class_map"])
-    metrics = evaluate(model.eval().predict, val, args.imgsz, 16, "cpu", quiet=True)
-    with (run / "results.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    times = [float(r["time"]) for r in rows]  # seconds since the (last) start: a resumed run counts from 0 again
-    per_epoch = [t - prev if t > prev else t for prev, t in zip([0.0, *times], times)]
-    params, gflops = model_stats(model, args.imgsz)
-    return {"map": metrics["map"], "ap50": metrics["ap50"], "params_m": params, "gflops": gflops,
-            "sec_per_epoch": statistics.mean(per_epoch)}
-
-
-def run_name(row: str, seed: int, interp: str) -> str:
-    """Run folder of a cvkd row; area runs keep the names they had before linear became the default."""
+def run_name(row: str, seed: int, interp: str, student: str = DEFAULT_STUDENT) -> str:
+    """Run folder of a cvkd row; area runs keep the names they had before linear became the default; other students
+    than YOLOv8n get their model name in front (``timm_mobilenetv3_small_100_all_sw_area_s0``)."""
+    if student != DEFAULT_STUDENT:
+        return f"{student.replace(':', '_').replace('/', '_')}_{row}_{interp}_s{seed}"
     return f"{row}_s{seed}" if interp == "area" else f"{row}_{interp}_s{seed}"
 
 
 def record_key(r: dict) -> tuple:
-    return (r["role"], r["method"], r["seed"], r.get("interp") or "area", r.get("teacher") or "")
+    return (r["model"], r["role"], r["method"], r["seed"], r.get("interp") or "area", r.get("teacher") or "")
 
 
 def load_records() -> dict:
@@ -226,17 +162,21 @@ def load_records() -> dict:
 
 
 def write_table(table: dict) -> None:
-    records = sorted(table.values(), key=lambda r: (r.get("teacher") or "", 0 if r["role"] == "teacher" else 1,
+    def other_student(r: dict) -> str:  # cross-family rows (--student) after the YOLOv8n rows, grouped by model
+        return r["model"] if r["model"] != DEFAULT_STUDENT and r["role"] != "teacher" else ""
+
+    records = sorted(table.values(), key=lambda r: (other_student(r), r.get("teacher") or "",
+                                                   0 if r["role"] == "teacher" else 1,
                                                    r.get("interp") or "", ALL_ROWS.index(r["method"]) if r["method"]
                                                    in ALL_ROWS else 0, r["seed"]))
     by_base: dict = {}
     teachers = {r["run"]: r for r in records if r["role"] == "teacher"}
     for r in records:
         if r["role"] == "student":  # each tool's own baseline: cvkd (none) or ultralytics (ultralytics_none)
-            by_base.setdefault((r["method"], r.get("interp")), []).append(r["map"])
+            by_base.setdefault((r["model"], r["method"], r.get("interp")), []).append(r["map"])
     for r in records:
-        base = by_base.get(("ultralytics_none", "linear") if r["method"].startswith("ultralytics")
-                           else ("none", r.get("interp")))
+        base = by_base.get((r["model"], "ultralytics_none", "linear") if r["method"].startswith("ultralytics")
+                           else (r["model"], "none", r.get("interp")))
         teacher = teachers.get(r.get("teacher", ""))
         r["gap_closed"] = ""
         if teacher and base and r["role"] == "distilled":
@@ -249,17 +189,17 @@ def write_table(table: dict) -> None:
         for r in records:
             r["run"] = os.path.relpath(r["run"], ROOT) if os.path.isabs(str(r.get("run", ""))) else r.get("run", "")
             w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
-    print("\n| role | method | interp | teacher | seeds | mAP@[.5:.95] mean +- sd | AP50 | gap closed | params (M) | "
-          "GFLOPs | s/epoch |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| model | role | method | interp | teacher | seeds | mAP@[.5:.95] mean +- sd | AP50 | gap closed | "
+          "params (M) | GFLOPs | s/epoch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     groups: dict = {}
     for r in records:
-        groups.setdefault((r["role"], r["method"], r.get("interp", ""), r.get("teacher", "")), []).append(r)
-    for (role, method, interp, teacher), rs in groups.items():
+        groups.setdefault((r["model"], r["role"], r["method"], r.get("interp", ""), r.get("teacher", "")), []).append(r)
+    for (model, role, method, interp, teacher), rs in groups.items():
         maps = [r["map"] for r in rs]
         sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
         gap = [r["gap_closed"] for r in rs if isinstance(r.get("gap_closed"), float)]
-        print(f"| {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} | "
+        print(f"| {model} | {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} | "
               f"{statistics.mean(r['ap50'] for r in rs):.4f} | {statistics.mean(gap) if gap else float('nan'):.2f} | "
               f"{rs[0]['params_m']:.2f} | {rs[0]['gflops']:.2f} | {statistics.mean(r['sec_per_epoch'] for r in rs):.0f} |")
     print(f"\nwritten {RESULTS}")
@@ -280,8 +220,14 @@ def main() -> None:
     ap.add_argument("--interp", default="linear", choices=["linear", "area"],
                     help="how cvkd runs shrink training images (data.train_interp; default linear, as ultralytics); "
                          "also picks the teacher (trained the same way) of the KD rows")
+    ap.add_argument("--student", default=DEFAULT_STUDENT,
+                    help="student of the student and KD rows: yolov8n (default) or any cvkd model.name, e.g. "
+                         "timm:mobilenetv3_small_100 or tv:fcos_mobilenet_v3 (cross-family rows; the teacher stays "
+                         "YOLOv8s; ultralytics rows need yolov8n)")
     ap.add_argument("--table-only", action="store_true", help="recompute gap_closed and print the table from the CSV")
     args = ap.parse_args()
+    if args.student != DEFAULT_STUDENT and any(r.startswith("ultralytics") for r in args.rows):
+        ap.error("ultralytics rows train yolov8n: leave them out of --rows with --student " + args.student)
     select_dataset(args.dataset)
     args.out = args.out or str(ROOT / "runs" / DS["out"])
     if args.table_only:
@@ -290,6 +236,7 @@ def main() -> None:
     ensure_data()
     table = load_records()
     interp_args = [f"data.train_interp={args.interp}"]
+    student_args = [] if args.student == DEFAULT_STUDENT else [f"model.name={args.student}"]
     teacher_run = run_cvkd(args, "train.py", "cctv_teacher.yaml", run_name("teacher", 0, args.interp), 0, interp_args)
     t = score_cvkd(teacher_run, args)
     teacher_pt = teacher_run / "final.pt"
@@ -311,17 +258,18 @@ def main() -> None:
                 continue
             interp, teacher = args.interp, ""
             if row == "student":
-                run = run_cvkd(args, "train.py", "cctv_student.yaml", run_name("student", seed, interp), seed,
-                               interp_args)
+                run = run_cvkd(args, "train.py", "cctv_student.yaml", run_name("student", seed, interp, args.student),
+                               seed, interp_args + student_args)
                 rec = score_cvkd(run, args)
                 role, method = "student", "none"
             elif row in KD_ROWS:
-                run = run_cvkd(args, "distill.py", "cctv_distill.yaml", run_name(row, seed, interp), seed,
-                               [*interp_args, f"kd.teacher={teacher_pt}", "kd.logit=0", "kd.feature=0", "kd.box=0",
-                                *KD_ROWS[row]])
+                run = run_cvkd(args, "distill.py", "cctv_distill.yaml", run_name(row, seed, interp, args.student),
+                               seed, [*interp_args, *student_args, f"kd.teacher={teacher_pt}", "kd.logit=0",
+                                      "kd.feature=0", "kd.box=0", *KD_ROWS[row]])
                 rec = score_cvkd(run, args)
                 role, method, teacher = "distilled", row, teacher_rel
             else:
+                from cvkd.data import load_coco
                 from cvkd.models.export_ultralytics import to_ultralytics_checkpoint
 
                 ul_teacher, interp, name = None, "linear", f"{row}_s{seed}"
@@ -330,11 +278,12 @@ def main() -> None:
                     ul_teacher = Path(args.out) / f"teacher{suffix}_ultralytics.pt"
                     to_ultralytics_checkpoint(teacher_pt, ul_teacher, args.imgsz)
                     name, teacher = f"{row}{'_t' + args.interp if suffix else ''}_s{seed}", teacher_rel
-                run = run_ultralytics(args, name, seed, ul_teacher)
-                rec = score_ultralytics(run, args)
+                run = run_ultralytics(args, name, seed, ul_teacher, ultralytics_data_yaml(DS, SRC, DATA))
+                rec = score_ultralytics(run, args, load_coco(DATA / "val.json", SRC / DS["val_images"],
+                                                             DS["class_map"]))
                 role, method = ("distilled" if row == "ultralytics_kd" else "student"), row
             rec.pop("model", None)
-            add({"model": "yolov8n", "role": role, "method": method, "seed": seed, "imgsz": args.imgsz,
+            add({"model": args.student, "role": role, "method": method, "seed": seed, "imgsz": args.imgsz,
                  "epochs": args.epochs, "interp": interp, "teacher": teacher, "run": str(run), **rec})
             print(f"{row} seed {seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
