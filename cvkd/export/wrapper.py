@@ -72,6 +72,9 @@ class FullHead(nn.Module):
     def __init__(self, adapter: DetectorAdapter, imgsz: int, nms: bool = False, conf: float = 0.001,
                  iou: float = 0.7, max_det: int = 300):
         super().__init__()
+        if not getattr(adapter, "dense_student", True):
+            raise ExportError(f"a {adapter.family} model has no dense head to export (cvkd uses it as a teacher): "
+                              "export the student")
         plain = getattr(adapter, "family", None) == "yolo"
         self.raw = RawHead(adapter) if plain else None
         self.adapter = None if plain else adapter  # other families: traced through their own forward()

@@ -15,7 +15,7 @@ from .base import (
     pair_levels,
 )
 
-FAMILIES = ("yolo", "timm", "torchvision")
+FAMILIES = ("yolo", "timm", "torchvision", "rcnn")
 
 
 def _adapter_class(family: str) -> type[DetectorAdapter] | None:
@@ -32,6 +32,10 @@ def _adapter_class(family: str) -> type[DetectorAdapter] | None:
         from .torchvision_det import TorchvisionAdapter
 
         return TorchvisionAdapter
+    if family == "rcnn":
+        from .rcnn_det import RcnnAdapter
+
+        return RcnnAdapter
     return None
 
 
@@ -39,18 +43,23 @@ def build_detector(
     name: str, class_names: list[str], width: float | None = None, depth: float | None = None
 ) -> DetectorAdapter:
     """A fresh detector, random weights: a YOLO yaml name (``yolov8n.yaml``, ``yolo11s.yaml``, ...), a timm backbone
-    under a YOLOv8 head (``timm:mobilenetv3_small_100``) or a torchvision FCOS (``fcos_resnet50_fpn``)."""
+    under a YOLOv8 head (``timm:mobilenetv3_small_100``), a torchvision FCOS (``fcos_resnet50_fpn``) or Faster R-CNN
+    (``fasterrcnn_resnet50_fpn``, a teacher for dense students)."""
+    from .rcnn_det import is_rcnn_name
     from .torchvision_det import PREFIXES as TORCHVISION_PREFIXES
 
     if name.startswith("yolo"):
         return _adapter_class("yolo").from_name(name, class_names, width, depth)
     if name.startswith("timm:"):
         return _adapter_class("timm").from_name(name, class_names, width, depth)
+    if is_rcnn_name(name):
+        return _adapter_class("rcnn").from_name(name, class_names, width, depth)
     if name.startswith(TORCHVISION_PREFIXES):
         return _adapter_class("torchvision").from_name(name, class_names, width, depth)
     raise ModelError(
         f"unknown detector '{name}': expected a YOLO yaml name (yolov8n.yaml, yolo11s.yaml, ...), "
-        "timm:<backbone> (timm:mobilenetv3_small_100) or a torchvision FCOS (fcos_resnet50_fpn)"
+        "timm:<backbone> (timm:mobilenetv3_small_100), a torchvision FCOS (fcos_resnet50_fpn) or Faster R-CNN "
+        "(fasterrcnn_resnet50_fpn)"
     )
 
 

@@ -49,6 +49,7 @@ class DetectorAdapter(nn.Module):
     family: str = "base"
     class_names: list[str]
     strides: list[int]
+    dense_student: bool = True  # False: forward() has no trainable dense outputs, so it can teach but not be distilled
 
     @property
     def num_classes(self) -> int:

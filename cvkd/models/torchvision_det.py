@@ -27,14 +27,12 @@ STRIDES = [8, 16, 32, 64, 128]  # P3-P5 from the FPN, P6-P7 from LastLevelP6P7
 FPN_CHANNELS = 256  # at width=1.0; a multiple of 32 (the head's GroupNorm has 32 groups)
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PREFIXES = ("torchvision:", "fcos", "fasterrcnn", "retinanet", "ssd", "keypointrcnn", "maskrcnn")
+PREFIXES = ("torchvision:", "fcos", "retinanet", "ssd", "keypointrcnn", "maskrcnn")  # Faster R-CNN: rcnn_det.py
 
 
 def parse_name(name: str) -> str:
     """``[torchvision:]fcos_<backbone>_fpn`` -> ``<backbone>``; one-line errors for unsupported torchvision kinds."""
     arch = name.split(":", 1)[1] if name.startswith("torchvision:") else name
-    if arch.startswith("fasterrcnn"):
-        raise ModelError("Faster R-CNN teacher: not supported yet (its RPN/ROI outputs are not dense; use FCOS)")
     if arch.startswith("retinanet"):
         raise ModelError("RetinaNet: not supported yet (9 anchors per cell do not align with YOLO's grid; use FCOS)")
     backbone = arch[len("fcos_"):-len("_fpn")] if arch.startswith("fcos_") and arch.endswith("_fpn") else ""
@@ -56,8 +54,9 @@ def _stage_ends(features: nn.Sequential) -> dict[str, str]:
     return {last[s]: str(i) for i, s in enumerate(STRIDES[:3])}
 
 
-def fpn_backbone(backbone: str, channels: int) -> nn.Module:
-    """Backbone body + FPN over its stride-8/16/32 maps + P6/P7 (as torchvision's ``fcos_resnet50_fpn``)."""
+def fpn_backbone(backbone: str, channels: int, extra_blocks: nn.Module | None = None) -> nn.Module:
+    """Backbone body + FPN over its stride-8/16/32 maps + ``extra_blocks`` (default P6/P7 convs, as torchvision's
+    ``fcos_resnet50_fpn``; Faster R-CNN uses a max-pooled P6)."""
     from torchvision.models._utils import IntermediateLayerGetter
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
     from torchvision.ops.feature_pyramid_network import LastLevelP6P7
@@ -72,7 +71,8 @@ def fpn_backbone(backbone: str, channels: int) -> nn.Module:
         maps = IntermediateLayerGetter(body, return_layers).eval()(torch.zeros(1, 3, 64, 64))
     body.train()
     in_channels = [m.shape[1] for m in maps.values()]
-    return BackboneWithFPN(body, return_layers, in_channels, channels, extra_blocks=LastLevelP6P7(channels, channels))
+    extra_blocks = extra_blocks if extra_blocks is not None else LastLevelP6P7(channels, channels)
+    return BackboneWithFPN(body, return_layers, in_channels, channels, extra_blocks=extra_blocks)
 
 
 def fcos_match(anchors: Tensor, gt: Tensor, level_sizes: list[int], radius: float = 1.5) -> Tensor:

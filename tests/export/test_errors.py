@@ -54,6 +54,16 @@ def test_detector_checkpoint_with_other_weights(export_tool, tmp_path, capsys):
     _one_line_error(capsys, export_tool.main([str(p)]), "mismatch.pt")
 
 
+def test_teacher_only_rcnn_checkpoint(export_tool, tmp_path, capsys):
+    from cvkd.models import build_detector
+
+    m = build_detector("fasterrcnn_mobilenet_v3_small_fpn", ["person"], width=0.25)
+    p = tmp_path / "rcnn.pt"
+    save_checkpoint(p, "detector", m.model.state_dict(), {"family": m.family, "arch": m.arch_spec(),
+                                                          "class_names": ["person"]})
+    _one_line_error(capsys, export_tool.main([str(p), "--imgsz", "64"]), "rcnn model has no dense head")
+
+
 def test_corrupt_checkpoint(export_tool, tmp_path, capsys):
     p = tmp_path / "broken.pt"
     p.write_bytes(b"\x80\x02 definitely not a torch file")

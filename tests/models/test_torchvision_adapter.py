@@ -144,7 +144,7 @@ def test_ld_is_refused_and_fcos_can_teach_a_yolo_student():
 
 
 def test_unsupported_torchvision_models_fail_in_one_line():
-    for name, msg in [("fasterrcnn_resnet50_fpn", "Faster R-CNN teacher: not supported yet"),
+    for name, msg in [("fasterrcnn_vgg16_fpn", "unknown Faster R-CNN"),
                       ("torchvision:retinanet_resnet50_fpn", "RetinaNet: not supported yet"),
                       ("fcos_vgg16_fpn", "unknown torchvision detector")]:
         with pytest.raises(ModelError, match=msg) as e:
