@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""KD tuning sweep on a held-out part of the CCTV *train* split, so that the val split stays untouched for reporting.
+
+A seed picks ``--tune-fraction`` of the train source frames (both augmented copies of a frame on the same side) as
+the tuning-val set; the student trains on the rest. One factor at a time around the ``all_sw`` recipe of
+benchmarks/cctv_distill.py (configs/cctv_distill.yaml): temperature, loss weights, feature mask, which levels, and
+each term switched off. The teacher is the benchmark's (trained on all train frames: it has seen the tuning-val
+frames, the student never does; its outputs on the student's own training frames are what KD uses).
+
+    python benchmarks/kd_sweep.py --epochs 30 --threads 1                 # every setting
+    python benchmarks/kd_sweep.py --settings baseline all_sw logit_t2     # some of them
+
+Writes benchmarks/results/kd_sweep.csv (setting,overrides,seed,epochs,tune_frames,map,ap50,run) and prints a table.
+Resumable: finished runs are reused, unfinished ones resume from their last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
+DATA = ROOT / "data" / "cctv_people"
+RESULTS = ROOT / "benchmarks" / "results" / "kd_sweep.csv"
+COLUMNS = ["setting", "overrides", "seed", "epochs", "tune_frames", "map", "ap50", "run"]
+# one factor at a time around all_sw (kd.* of configs/cctv_distill.yaml); "baseline" trains without a teacher
+SETTINGS = {
+    "baseline": None,
+    "all_sw": [],
+    "logit_t2": ["kd.logit_t=2.0"],
+    "logit_w1": ["kd.logit=1.0"],
+    "no_logit": ["kd.logit=0"],
+    "feature_w6": ["kd.feature=6.0"],
+    "feature_w54": ["kd.feature=54.0"],
+    "feature_mask_gt": ["kd.feature_mask=gt"],
+    "feature_mask_all": ["kd.feature_mask=all"],
+    "feature_p3_only": ["kd.feature_levels=[0]"],
+    "no_feature": ["kd.feature=0"],
+    "box_t4": ["kd.box_t=4.0"],
+    "no_box": ["kd.box=0"],
+}
+
+
+def frame_of(file_name: str) -> str:
+    """The source frame of a Roboflow export file (its augmented copies share it)."""
+    return file_name.split("_jpg.rf.")[0]
+
+
+def tuning_split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int]:
+    """(tune-train json, tune-val json, tune-val frames): the train split cut by source frame."""
+    d = json.loads((DATA / "train.json").read_text())
+    frames = sorted({frame_of(im["file_name"]) for im in d["images"]})
+    random.Random(seed).shuffle(frames)
+    held = set(frames[: round(fraction * len(frames))])
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, keep in (("tune_train", False), ("tune_val", True)):
+        images = [im for im in d["images"] if (frame_of(im["file_name"]) in held) == keep]
+        ids = {im["id"] for im in images}
+        path = out / f"{name}.json"
+        path.write_text(json.dumps({**d, "images": images,
+                                    "annotations": [a for a in d["annotations"] if a["image_id"] in ids]}))
+        paths.append(path)
+    return paths[0], paths[1], len(held)
+
+
+def finished(run: Path, epochs: int) -> bool:
+    from cvkd.engine.report import read_rows
+
+    rows = read_rows(run / "results.csv")
+    return bool(rows) and int(rows[-1]["epoch"]) >= epochs and rows[-1].get("map", "") != ""
+
+
+def main() -> None:
+    from cvkd.engine.report import read_rows
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="rows to run")
+    ap.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
+    ap.add_argument("--tune-fraction", type=float, default=0.2, help="train frames held out for tuning (default 0.2)")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of every run (default 30)")
+    ap.add_argument("--teacher", default=str(ROOT / "runs" / "bench_cctv" / "teacher_linear_s0" / "final.pt"),
+                    help="teacher checkpoint (default: the benchmark's linear teacher)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "kd_sweep"), help="folder of the runs")
+    args = ap.parse_args()
+    if not (DATA / "train.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo", str(SRC), "--out", str(DATA)],
+                       check=True)
+    if not Path(args.teacher).is_file():
+        sys.exit(f"error: {args.teacher}: teacher checkpoint not found (run benchmarks/cctv_distill.py --rows teacher)")
+    tune_train, tune_val, n_held = tuning_split(args.seed, args.tune_fraction, Path(args.out) / f"split_s{args.seed}")
+    images = str(SRC / "train" / "images")
+    data = [f"data.train_json={tune_train}", f"data.train_images={images}", f"data.val_json={tune_val}",
+            f"data.val_images={images}"]
+    table = {}
+    if RESULTS.is_file():
+        with RESULTS.open() as f:
+            table = {(r["setting"], int(r["seed"])): r for r in csv.DictReader(f)}
+    for setting in args.settings:
+        extra = SETTINGS[setting]
+        run = Path(args.out) / f"{setting}_s{args.seed}"
+        if not finished(run, args.epochs):
+            tool, config = ("train.py", "cctv_student.yaml") if extra is None else ("distill.py", "cctv_distill.yaml")
+            cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
+            if (run / "config.yaml").is_file():
+                cmd.append(f"resume={run}")
+            else:
+                cmd += [f"out={args.out}", f"name={run.name}", f"train.epochs={args.epochs}",
+                        f"train.seed={args.seed}", f"train.threads={args.threads}", *data]
+                cmd += [] if extra is None else [f"kd.teacher={args.teacher}", *extra]
+            print("$", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True)
+        r = read_rows(run / "results.csv")[-1]
+        table[(setting, args.seed)] = {"setting": setting, "overrides": " ".join(extra or ["(no KD)"]),
+                                       "seed": args.seed, "epochs": args.epochs, "tune_frames": n_held,
+                                       "map": r["map"], "ap50": r["ap50"], "run": os.path.relpath(run, ROOT)}
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        with RESULTS.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            for key in sorted(table, key=lambda k: (k[1], list(SETTINGS).index(k[0]) if k[0] in SETTINGS else 99)):
+                w.writerow({c: table[key].get(c, "") for c in COLUMNS})
+    print("| setting | overrides | seed | mAP@[.5:.95] (tuning split) | AP50 |\n|---|---|---|---|---|")
+    for r in table.values():
+        print(f"| {r['setting']} | {r['overrides']} | {r['seed']} | {float(r['map']):.4f} | {float(r['ap50']):.4f} |")
+    print(f"\nwritten {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
