@@ -96,13 +96,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
     ap.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS, help="rows to run")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_unlabeled"), help="folder of the runs")
+    ap.add_argument("--results", default=str(RESULTS), help=f"CSV to write (default {RESULTS.relative_to(ROOT)})")
     args = ap.parse_args()
+    results = Path(args.results)
     if not (DATA / "train.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo", str(SRC), "--out", str(DATA)],
                        check=True)
     table = {}
-    if RESULTS.is_file():
-        with RESULTS.open() as f:
+    if results.is_file():
+        with results.open() as f:
             table = {(r["setting"], int(r["seed"])): r for r in csv.DictReader(f)}
     teacher_all = ROOT / "runs" / "bench_cctv" / "teacher_linear_s0"  # same pipeline (data.train_interp=linear)
     if finished(teacher_all, args.epochs):
@@ -138,8 +140,8 @@ def main() -> None:
                                       "unlabeled_frames": 0 if setting in ("labeled", "teacher_labeled") else n_unl,
                                       "map": r["map"], "ap50": r["ap50"], "epochs": args.epochs, "imgsz": args.imgsz,
                                       "run": str(run)}
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS.open("w", newline="") as f:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        with results.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             for key in sorted(table, key=lambda k: (k[1], k[0])):
@@ -149,7 +151,7 @@ def main() -> None:
         r = table[key]
         print(f"| {r['setting']} | {r['seed']} | {r['labeled_frames']} | {r['unlabeled_frames']} | "
               f"{float(r['map']):.4f} | {float(r['ap50']):.4f} |")
-    print(f"\nwritten {RESULTS}")
+    print(f"\nwritten {results}")
 
 
 if __name__ == "__main__":
