@@ -161,7 +161,31 @@ def load_records() -> dict:
     return out
 
 
-def write_table(table: dict) -> None:
+def last_epochs_map(run: str, n: int) -> float | None:
+    """Mean val mAP@[.5:.95] over a run's last ``n`` epochs, from its per-epoch log: cvkd's evaluator for cvkd runs,
+    ultralytics' own val (``metrics/mAP50-95(B)``) for ultralytics runs. A noise check, not the table's metric."""
+    path = (ROOT / run if not os.path.isabs(run) else Path(run)) / "results.csv"
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+    values = [float(r.get("map") or r.get("metrics/mAP50-95(B)") or "nan") for r in rows[-n:]]
+    return statistics.mean(values) if len(values) == n else None
+
+
+def print_last_epochs(records: list[dict], n: int) -> None:
+    print(f"\n| model | role | method | interp | teacher | seeds | mean val mAP of the last {n} epochs, per seed |")
+    print("|---|---|---|---|---|---|---|")
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["model"], r["role"], r["method"], r.get("interp", ""), r.get("teacher", "")), []).append(r)
+    for (model, role, method, interp, teacher), rs in groups.items():
+        values = [last_epochs_map(str(r.get("run", "")), n) for r in rs]
+        shown = " / ".join("n/a" if v is None else f"{v:.4f}" for v in values)
+        print(f"| {model} | {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | {shown} |")
+
+
+def write_table(table: dict, last: int = 0) -> None:
     def other_student(r: dict) -> str:  # cross-family rows (--student) after the YOLOv8n rows, grouped by model
         return r["model"] if r["model"] != DEFAULT_STUDENT and r["role"] != "teacher" else ""
 
@@ -202,6 +226,8 @@ def write_table(table: dict) -> None:
         print(f"| {model} | {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} | "
               f"{statistics.mean(r['ap50'] for r in rs):.4f} | {statistics.mean(gap) if gap else float('nan'):.2f} | "
               f"{rs[0]['params_m']:.2f} | {rs[0]['gflops']:.2f} | {statistics.mean(r['sec_per_epoch'] for r in rs):.0f} |")
+    if last:
+        print_last_epochs(records, last)
     print(f"\nwritten {RESULTS}")
 
 
@@ -225,13 +251,15 @@ def main() -> None:
                          "timm:mobilenetv3_small_100 or tv:fcos_mobilenet_v3 (cross-family rows; the teacher stays "
                          "YOLOv8s; ultralytics rows need yolov8n)")
     ap.add_argument("--table-only", action="store_true", help="recompute gap_closed and print the table from the CSV")
+    ap.add_argument("--last", type=int, default=0,
+                    help="with --table-only: also print each run's mean val mAP over its last N epochs (noise check)")
     args = ap.parse_args()
     if args.student != DEFAULT_STUDENT and any(r.startswith("ultralytics") for r in args.rows):
         ap.error("ultralytics rows train yolov8n: leave them out of --rows with --student " + args.student)
     select_dataset(args.dataset)
     args.out = args.out or str(ROOT / "runs" / DS["out"])
     if args.table_only:
-        write_table(load_records())
+        write_table(load_records(), args.last)
         return
     ensure_data()
     table = load_records()
