@@ -24,6 +24,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from unlabeled import (  # the same frame-level split rule and run check
+    finished,
+    frame_of,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -50,11 +55,6 @@ SETTINGS = {
 }
 
 
-def frame_of(file_name: str) -> str:
-    """The source frame of a Roboflow export file (its augmented copies share it)."""
-    return file_name.split("_jpg.rf.")[0]
-
-
 def tuning_split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int]:
     """(tune-train json, tune-val json, tune-val frames): the train split cut by source frame."""
     d = json.loads((DATA / "train.json").read_text())
@@ -71,13 +71,6 @@ def tuning_split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int
                                     "annotations": [a for a in d["annotations"] if a["image_id"] in ids]}))
         paths.append(path)
     return paths[0], paths[1], len(held)
-
-
-def finished(run: Path, epochs: int) -> bool:
-    from cvkd.engine.report import read_rows
-
-    rows = read_rows(run / "results.csv")
-    return bool(rows) and int(rows[-1]["epoch"]) >= epochs and rows[-1].get("map", "") != ""
 
 
 def main() -> None:

@@ -31,7 +31,13 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .base import Assignment, DetectorAdapter, DetOutputs, ModelError
-from .torchvision_det import BACKBONES, FPN_CHANNELS, IMAGENET_MEAN, IMAGENET_STD
+from .torchvision_det import (
+    BACKBONES,
+    cell_centres,
+    fpn_backbone,
+    fpn_width,
+    register_imagenet_norm,
+)
 
 STRIDES = [8, 16, 32, 64]  # P3-P5 from the FPN, P6 = max-pool of P5
 CENTER_RADIUS = 2.5  # a detection paints the cells within this many strides of its centre (and inside its box)
@@ -50,16 +56,6 @@ def parse_name(name: str) -> str:
 
 def is_rcnn_name(name: str) -> bool:
     return name.removeprefix("torchvision:").startswith("fasterrcnn")
-
-
-def cell_centres(shapes: list[tuple[int, int]], strides: list[int], device=None) -> tuple[Tensor, Tensor]:
-    """Cell centres ``(i + 0.5) * stride`` (A, 2) and their strides (A,), row-major per level (the YOLO order)."""
-    points, per_anchor = [], []
-    for (h, w), s in zip(shapes, strides):
-        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
-        points.append((torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * s)  # (h*w, 2)
-        per_anchor.append(torch.full((h * w,), float(s), device=device))  # (h*w,)
-    return torch.cat(points), torch.cat(per_anchor)
 
 
 def render_dense(
@@ -104,21 +100,14 @@ class RcnnAdapter(DetectorAdapter):
         self.arch = arch
         self.class_names = list(class_names)
         self.strides = list(STRIDES)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_norm(self)
 
     @classmethod
     def from_name(
         cls, name: str, class_names: list[str], width: float | None = None, depth: float | None = None
     ) -> RcnnAdapter:
-        from .torchvision_det import fpn_backbone
-
         backbone = parse_name(name)
-        if depth is not None:
-            raise ModelError(f"model.depth does not apply to torchvision models ({name})")
-        if width is not None and width <= 0:
-            raise ModelError(f"model.width must be > 0, got {width}")
-        channels = max(32, int(round(FPN_CHANNELS * (width or 1.0) / 32)) * 32)
+        channels = fpn_width(name, width, depth)
         anchors = AnchorGenerator(sizes=tuple((2 * s, 4 * s) for s in STRIDES), aspect_ratios=((0.5, 1.0, 2.0),) * 4)
         model = torchvision.models.detection.FasterRCNN(
             fpn_backbone(backbone, channels, LastLevelMaxPool()), num_classes=len(class_names) + 1,  # + background

@@ -107,6 +107,31 @@ def quality_logits(cls: Tensor, ctr: Tensor) -> Tensor:
     return logp - torch.log1p(-logp.exp().clamp(max=1 - 1e-6))
 
 
+def fpn_width(name: str, width: float | None, depth: float | None) -> int:
+    """FPN/head channels for ``model.width`` (a multiple of 32, at least 32); one-line errors for bad overrides."""
+    if depth is not None:
+        raise ModelError(f"model.depth does not apply to torchvision models ({name})")
+    if width is not None and width <= 0:
+        raise ModelError(f"model.width must be > 0, got {width}")
+    return max(32, int(round(FPN_CHANNELS * (width or 1.0) / 32)) * 32)
+
+
+def register_imagenet_norm(module: nn.Module) -> None:
+    """``module.mean`` / ``module.std`` buffers (not saved): torchvision backbones expect ImageNet-normalised input."""
+    module.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+    module.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+
+def cell_centres(shapes: list, strides: list[int], device=None) -> tuple[Tensor, Tensor]:
+    """Cell centres ``(i + 0.5) * stride`` (A, 2) and their strides (A,), row-major per level (the YOLO order)."""
+    points, per_anchor = [], []
+    for (h, w), s in zip(shapes, strides):
+        ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        points.append((torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * s)  # (h*w, 2)
+        per_anchor.append(torch.full((h * w,), float(s), device=device))  # (h*w,)
+    return torch.cat(points), torch.cat(per_anchor)
+
+
 class TorchvisionAdapter(DetectorAdapter):
     """torchvision FCOS; ``.model`` is the ``torchvision.models.detection.FCOS`` holding every weight."""
 
@@ -119,19 +144,14 @@ class TorchvisionAdapter(DetectorAdapter):
         self.arch = arch
         self.class_names = list(class_names)
         self.strides = list(STRIDES)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        register_imagenet_norm(self)
 
     @classmethod
     def from_name(
         cls, name: str, class_names: list[str], width: float | None = None, depth: float | None = None
     ) -> "TorchvisionAdapter":
         backbone = parse_name(name)
-        if depth is not None:
-            raise ModelError(f"model.depth does not apply to torchvision models ({name})")
-        if width is not None and width <= 0:
-            raise ModelError(f"model.width must be > 0, got {width}")
-        channels = max(32, int(round(FPN_CHANNELS * (width or 1.0) / 32)) * 32)
+        channels = fpn_width(name, width, depth)
         model = torchvision.models.detection.FCOS(fpn_backbone(backbone, channels), num_classes=len(class_names))
         return cls(model, class_names, {"name": f"fcos_{backbone}_fpn", "width": width})
 
@@ -142,20 +162,10 @@ class TorchvisionAdapter(DetectorAdapter):
     def from_spec(cls, spec: dict, class_names: list[str]) -> "TorchvisionAdapter":
         return cls.from_name(spec["name"], class_names, spec.get("width"))
 
-    def _anchors(self, feats: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Anchor centres (A, 2) in input pixels and their strides (A,), row-major per level."""
-        points, strides = [], []
-        for f, s in zip(feats, self.strides):
-            h, w = f.shape[-2:]
-            ys, xs = torch.meshgrid(torch.arange(h, device=f.device), torch.arange(w, device=f.device), indexing="ij")
-            points.append((torch.stack([xs, ys], -1).reshape(-1, 2).float() + 0.5) * s)  # (h*w, 2)
-            strides.append(torch.full((h * w,), float(s), device=f.device))  # (h*w,)
-        return torch.cat(points), torch.cat(strides)
-
     def forward(self, img: Tensor) -> DetOutputs:  # img (B, 3, S, S) RGB in [0, 1]
         feats = list(self.model.backbone((img - self.mean) / self.std).values())  # 5 x (B, C, S/s, S/s)
         head = self.model.head(feats)  # cls_logits (B, A, K), bbox_regression (B, A, 4) >= 0, bbox_ctrness (B, A, 1)
-        points, strides = self._anchors(feats)  # (A, 2), (A,)
+        points, strides = cell_centres([f.shape[-2:] for f in feats], self.strides, img.device)  # (A, 2), (A,)
         ltrb = head["bbox_regression"] * strides[None, :, None]  # (B, A, 4) pixels (anchor size = stride)
         boxes = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)  # (B, A, 4) xyxy pixels
         anchor_boxes = torch.cat([points - strides[:, None] / 2, points + strides[:, None] / 2], 1)  # (A, 4)

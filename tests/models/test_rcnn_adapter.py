@@ -11,7 +11,8 @@ from cvkd.checkpoint import save_checkpoint
 from cvkd.engine.config import KDConfig
 from cvkd.engine.distill import Distiller
 from cvkd.models import ModelError, build_detector, load_detector
-from cvkd.models.rcnn_det import cell_centres, render_dense
+from cvkd.models.rcnn_det import render_dense
+from cvkd.models.torchvision_det import cell_centres
 
 ROOT = Path(__file__).resolve().parents[2]
 IMG = 64
