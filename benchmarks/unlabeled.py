@@ -3,7 +3,10 @@
 
 The CCTV train split has 258 source frames x 2 augmented copies. A seed picks a fraction of the source frames
 (both copies of a frame on the same side) whose labels are kept; the other frames are treated as unlabelled footage.
-Rows, all with the same student, schedule and val split (44 frames):
+Rows, all with the same student and val split (44 frames), and the same number of optimizer steps on labelled
+(or pseudo-labelled) images: runs that train on the labelled part alone get `--epochs` x (all frames / labelled
+frames) epochs (121 for a quarter), so that they are not under-trained next to the rows that add the unlabelled
+frames (`--epochs` over ~4x as many images). The `epochs` column says what each run had.
 
 - teacher_labeled: the teacher trained on the labelled part only (it pseudo-labels and distils below);
 - teacher_all: the benchmark teacher trained on all labels (benchmarks/cctv_distill.py; stated, not used below);
@@ -71,14 +74,14 @@ def finished(run: Path, epochs: int) -> bool:
     return bool(rows) and int(rows[-1]["epoch"]) >= epochs and rows[-1].get("map", "") != ""
 
 
-def train(args, tool: str, config: str, name: str, seed: int, extra: list[str]) -> Path:
+def train(args, tool: str, config: str, name: str, seed: int, extra: list[str], epochs: int) -> Path:
     run = Path(args.out) / name
-    if not finished(run, args.epochs):
+    if not finished(run, epochs):
         cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
         if (run / "config.yaml").is_file():
             cmd.append(f"resume={run}")
         else:
-            cmd += [f"out={args.out}", f"name={name}", f"train.epochs={args.epochs}", f"data.imgsz={args.imgsz}",
+            cmd += [f"out={args.out}", f"name={name}", f"train.epochs={epochs}", f"data.imgsz={args.imgsz}",
                     f"train.seed={seed}", f"train.threads={args.threads}", *extra]
         print("$", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
@@ -91,7 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split/training seeds (default 0 1 2)")
     ap.add_argument("--fraction", type=float, default=0.25, help="fraction of source frames that keep labels")
-    ap.add_argument("--epochs", type=int, default=30, help="epochs of every run")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of the runs on all frames (runs on the labelled part alone get more, see above)")
     ap.add_argument("--imgsz", type=int, default=320, help="input size of every run")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
     ap.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS, help="rows to run")
@@ -115,7 +118,10 @@ def main() -> None:
     for seed in args.seeds:
         lab, unl, n_lab, n_unl = split(seed, args.fraction, Path(args.out) / f"split_s{seed}")
         data = [f"data.train_json={lab}"]
-        teacher = train(args, "train.py", "cctv_teacher.yaml", f"teacher_labeled_s{seed}", seed, data)
+        n_all = n_lab + n_unl
+        long = round(args.epochs * n_all / n_lab)  # labelled part only: as many steps as args.epochs over all frames
+        epochs = {"teacher_labeled": long, "labeled": long, "hard": args.epochs, "soft": long, "both": args.epochs}
+        teacher = train(args, "train.py", "cctv_teacher.yaml", f"teacher_labeled_s{seed}", seed, data, long)
         pseudo_dir = Path(args.out) / f"pseudo_s{seed}"
         if any(s in args.settings for s in ("hard", "both")) and not (pseudo_dir / "pseudo.json").is_file():
             subprocess.run([sys.executable, str(ROOT / "tools" / "pseudo_label.py"), str(unl), "--teacher",
@@ -126,20 +132,23 @@ def main() -> None:
         runs = {"teacher_labeled": teacher}
         for setting in args.settings:
             if setting == "labeled":
-                runs[setting] = train(args, "train.py", "cctv_student.yaml", f"labeled_s{seed}", seed, data)
+                runs[setting] = train(args, "train.py", "cctv_student.yaml", f"labeled_s{seed}", seed, data,
+                                      epochs[setting])
             elif setting == "hard":
-                runs[setting] = train(args, "train.py", "cctv_student.yaml", f"hard_s{seed}", seed, data + hard)
+                runs[setting] = train(args, "train.py", "cctv_student.yaml", f"hard_s{seed}", seed, data + hard,
+                                      epochs[setting])
             elif setting == "soft":
-                runs[setting] = train(args, "distill.py", "cctv_distill.yaml", f"soft_s{seed}", seed, data + soft)
+                runs[setting] = train(args, "distill.py", "cctv_distill.yaml", f"soft_s{seed}", seed, data + soft,
+                                      epochs[setting])
             elif setting == "both":
                 runs[setting] = train(args, "distill.py", "cctv_distill.yaml", f"both_s{seed}", seed,
-                                      data + hard + soft)
+                                      data + hard + soft, epochs[setting])
         for setting, run in runs.items():
             r = read_rows(run / "results.csv")[-1]
             table[(setting, seed)] = {"setting": setting, "seed": seed, "labeled_frames": n_lab,
                                       "unlabeled_frames": 0 if setting in ("labeled", "teacher_labeled") else n_unl,
-                                      "map": r["map"], "ap50": r["ap50"], "epochs": args.epochs, "imgsz": args.imgsz,
-                                      "run": str(run)}
+                                      "map": r["map"], "ap50": r["ap50"], "epochs": epochs[setting],
+                                      "imgsz": args.imgsz, "run": str(run)}
         results.parent.mkdir(parents=True, exist_ok=True)
         with results.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
