@@ -17,7 +17,7 @@ from ..config import ConfigError, save_config, to_dict
 from ..models import DetectorAdapter, ModelError, build_detector, load_detector
 from ..runs import make_run_dir, resolve_run_config, seed_everything, setup_logging
 from .config import RunConfig
-from .distill import Distiller
+from .distill import Distiller, cpu_bf16_teacher, teacher_forward
 from .distributed import (
     Dist,
     barrier,
@@ -128,11 +128,14 @@ def train(cfg: RunConfig) -> dict:
     if val_data.class_names != class_names:
         raise ConfigError(f"train classes {class_names} differ from val classes {val_data.class_names}")
     student = build_student(cfg, class_names).to(device)
-    teacher, distiller = None, None
+    teacher, distiller, teacher_bf16 = None, None, False
     if cfg.kd.teacher:
         teacher = load_detector(cfg.kd.teacher, device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
+        if teacher_bf16 := cpu_bf16_teacher(cfg.kd.teacher_precision, device):
+            teacher.to(memory_format=torch.channels_last)
+            log.info("teacher forward pass in bf16 autocast + channels_last (kd.teacher_precision)")
         distiller = Distiller(cfg.kd, student, teacher, cfg.data.imgsz).to(device)
         log.info(f"teacher {cfg.kd.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M params)")
     log.info(f"student {cfg.model.name} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f} M params), "
@@ -194,8 +197,7 @@ def train(cfg: RunConfig) -> dict:
             with torch.autocast(device.type, enabled=use_amp):
                 out_t = None
                 if teacher is not None:
-                    with torch.no_grad():
-                        out_t = teacher(img)
+                    out_t = teacher_forward(teacher, img, teacher_bf16)
                 total, terms = step_fn(img, batch, out_t, kd_factor)
             if not torch.isfinite(total):
                 bad = next((k for k, v in terms.items() if not torch.isfinite(v)), "total")
@@ -211,8 +213,7 @@ def train(cfg: RunConfig) -> dict:
             if unl_iter is not None:  # soft-label KD on an unlabelled batch, gradients accumulate with the labelled ones
                 img_u = next(unl_iter)["img"].to(device, non_blocking=True)
                 with torch.autocast(device.type, enabled=use_amp):
-                    with torch.no_grad():
-                        out_tu = teacher(img_u)
+                    out_tu = teacher_forward(teacher, img_u, teacher_bf16)
                     pseudo = teacher_targets(teacher, out_tu, img_u, cfg.data.pseudo_conf)
                     total_u, terms_u = step_fn(img_u, None, out_tu, kd_factor * cfg.data.unlabeled_weight, pseudo)
                 if not torch.isfinite(total_u):

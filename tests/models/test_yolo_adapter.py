@@ -186,3 +186,33 @@ def test_teacher_score_mask_and_mlp_adapter():
     assert torch.allclose(loss, torch.stack(expected).mean(), rtol=1e-5)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for a in dist.adapters for p in a.parameters())
+
+
+def test_bf16_teacher_forward_matches_fp32_and_feeds_every_term():
+    """kd.teacher_precision: the bf16 + channels_last teacher pass returns contiguous fp32 outputs close to the fp32
+    pass, carries no gradient, and every KD term computed from it is close to the fp32 one."""
+    import copy
+
+    from cvkd.engine.distill import cpu_bf16_teacher, teacher_forward
+
+    assert cpu_bf16_teacher("bf16", torch.device("cpu")) and not cpu_bf16_teacher("fp32", torch.device("cpu"))
+    assert not cpu_bf16_teacher("auto", torch.device("cuda")) and not cpu_bf16_teacher("bf16", torch.device("cuda"))
+    torch.manual_seed(0)
+    s = build_detector("yolov8n.yaml", ["person"]).train()
+    t = build_detector("yolov8s.yaml", ["person"]).eval()
+    t_cl = copy.deepcopy(t).to(memory_format=torch.channels_last)
+    img = torch.rand(2, 3, IMG, IMG)
+    ref, out = teacher_forward(t, img, False), teacher_forward(t_cl, img, True)
+    for a, b in [*zip(ref.feats, out.feats), (ref.cls_logits, out.cls_logits), (ref.box_bins, out.box_bins)]:
+        assert b.dtype == torch.float32 and b.is_contiguous() and not b.requires_grad
+        assert (a - b).norm() / a.norm() < 0.05
+    assert (ref.cls_logits.sigmoid() - out.cls_logits.sigmoid()).abs().max() < 0.02
+    kd = KDConfig(teacher="x", logit=1.0, feature=1.0, feature_loss="hint", feature_mask="teacher_score", box=1.0)
+    dist = Distiller(kd, s, t, IMG)
+    out_s = s(img)
+    _, _, assign = s.loss(out_s, _batch())
+    terms_ref, terms = dist(out_s, ref, assign, _batch()), dist(out_s, out, assign, _batch())
+    for k in terms_ref:
+        assert torch.isfinite(terms[k]) and abs(float((terms[k] - terms_ref[k]).detach())) < 0.05 * abs(float(terms_ref[k].detach())) + 1e-4, k
+    sum(terms.values()).backward()
+    assert all(p.grad is None for p in t_cl.parameters())

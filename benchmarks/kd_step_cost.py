@@ -1,0 +1,97 @@
+"""What distillation adds to a training step: the CCTV student alone against the student plus the YOLOv8s teacher.
+
+Runs tools/train.py (configs/cctv_student.yaml) and tools/distill.py (configs/cctv_distill.yaml, the all_sw recipe)
+for ``--steps`` steps of one epoch each, with the teacher's forward pass in fp32 and in bf16 + channels_last
+(``kd.teacher_precision``; bf16 only where the CPU has native bf16, else that row says so). Settings are interleaved
+``--repeats`` times so that they share the machine's load alike; the table gives the median seconds per training
+step (data loading included, evaluation not) and the ratio to the baseline.
+
+    python benchmarks/kd_step_cost.py --steps 20 --repeats 3 --threads 1
+
+Writes benchmarks/results/kd_step_cost.csv (setting,teacher_precision,repeat,steps,sec_per_step,threads,device).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+RESULTS = ROOT / "benchmarks" / "results" / "kd_step_cost.csv"
+COLUMNS = ["setting", "teacher_precision", "repeat", "steps", "sec_per_step", "threads", "device"]
+SETTINGS = {  # name: (tool, config, extra overrides)
+    "baseline": ("train.py", "cctv_student.yaml", []),
+    "kd_fp32_teacher": ("distill.py", "cctv_distill.yaml", ["kd.teacher_precision=fp32"]),
+    "kd_bf16_teacher": ("distill.py", "cctv_distill.yaml", ["kd.teacher_precision=bf16"]),
+}
+
+
+def run_once(args, name: str, out: Path) -> float:
+    from cvkd.engine.report import read_rows
+
+    tool, config, extra = SETTINGS[name]
+    cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config), f"out={out}",
+           f"name={name}", "train.epochs=1", f"train.max_steps={args.steps}", f"train.threads={args.threads}", *extra]
+    if tool == "distill.py":
+        cmd.append(f"kd.teacher={args.teacher}")
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"error: {name} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
+    return float(read_rows(out / name / "results.csv")[-1]["sec_train"]) / args.steps
+
+
+def main() -> None:
+    import torch
+
+    from cvkd.engine.distill import cpu_bf16_teacher
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20, help="training steps per run (default 20)")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every setting (default 3)")
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
+    ap.add_argument("--teacher", default=str(ROOT / "checkpoints" / "cctv_yolov8s_teacher_fp16.pt.xz"),
+                    help="teacher checkpoint (default: the shipped YOLOv8s CCTV teacher)")
+    ap.add_argument("--results", default=str(RESULTS), help=f"CSV to write (default {RESULTS.relative_to(ROOT)})")
+    args = ap.parse_args()
+    if not (ROOT / "data" / "cctv_people" / "train.json").is_file():
+        subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo",
+                        str(ROOT.parent / "shared" / "datasets" / "cctv_people"), "--out",
+                        str(ROOT / "data" / "cctv_people")], check=True)
+    names = list(SETTINGS)
+    if not cpu_bf16_teacher("auto", torch.device("cpu")):
+        names.remove("kd_bf16_teacher")
+        print("this CPU has no native bf16: the bf16 teacher row is skipped (emulated bf16 is slower than fp32)")
+    device = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.repeats):
+            for name in names:
+                sec = run_once(args, name, Path(tmp) / f"r{rep}")
+                print(f"repeat {rep}: {name} {sec:.3f} s/step", flush=True)
+                rows.append({"setting": name, "teacher_precision": SETTINGS[name][2][0].split("=")[1]
+                             if SETTINGS[name][2] else "", "repeat": rep, "steps": args.steps,
+                             "sec_per_step": f"{sec:.4f}", "threads": args.threads, "device": device})
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with results.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    med = {n: statistics.median(float(r["sec_per_step"]) for r in rows if r["setting"] == n) for n in names}
+    print(f"\n| setting | median s/step ({args.repeats} runs of {args.steps} steps) | x baseline |\n|---|---|---|")
+    for n in names:
+        print(f"| {n} | {med[n]:.3f} | {med[n] / med['baseline']:.2f} |")
+    print(f"\nwritten {results}")
+
+
+if __name__ == "__main__":
+    main()
