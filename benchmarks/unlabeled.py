@@ -16,6 +16,7 @@ frames (`--epochs` over ~4x as many images). The `epochs` column says what each 
 - both: hard + soft.
 
     python benchmarks/unlabeled.py --seeds 0 1 2 --fraction 0.25 --epochs 30 --threads 1
+    python benchmarks/unlabeled.py --table-only     # the table from the CSV
 
 Writes benchmarks/results/unlabeled.csv (setting,seed,labeled_frames,unlabeled_frames,map,ap50,...). Resumable:
 finished runs are reused, unfinished ones resume from their last checkpoint.
@@ -58,7 +59,8 @@ def split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int, int]:
     ids = {im["id"] for im in images}
     out.mkdir(parents=True, exist_ok=True)
     lab = out / "labeled.json"
-    lab.write_text(json.dumps({**d, "images": images, "annotations": [a for a in d["annotations"] if a["image_id"] in ids]}))
+    annotations = [a for a in d["annotations"] if a["image_id"] in ids]
+    lab.write_text(json.dumps({**d, "images": images, "annotations": annotations}))
     unl = out / "unlabeled"
     unl.mkdir(exist_ok=True)
     for im in d["images"]:
@@ -88,20 +90,42 @@ def train(args, tool: str, config: str, name: str, seed: int, extra: list[str], 
     return run
 
 
+def print_table(table: dict) -> None:
+    """One markdown row per setting: mAP per seed, then mean +- sd over the seeds run so far."""
+    import statistics
+
+    order = ["teacher_all", *SETTINGS]
+    print("| setting | labelled frames | unlabelled frames | epochs | mAP@[.5:.95] per seed | mean +- sd "
+          "| AP50 mean |\n|---|---|---|---|---|---|---|")
+    for setting in sorted({k[0] for k in table}, key=lambda x: order.index(x) if x in order else 99):
+        rows = [table[k] for k in sorted(table) if k[0] == setting]
+        maps, ap50s = [float(r["map"]) for r in rows], [float(r["ap50"]) for r in rows]
+        per_seed = " / ".join(f"s{r['seed']} {float(r['map']):.4f}" for r in rows)
+        sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
+        print(f"| {setting} | {rows[0]['labeled_frames']} | {rows[0]['unlabeled_frames']} | {rows[0]['epochs']} | "
+              f"{per_seed} | {statistics.mean(maps):.4f} +- {sd:.4f} | {statistics.mean(ap50s):.4f} |")
+
+
 def main() -> None:
     from cvkd.engine.report import read_rows
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="split/training seeds (default 0 1 2)")
     ap.add_argument("--fraction", type=float, default=0.25, help="fraction of source frames that keep labels")
-    ap.add_argument("--epochs", type=int, default=30, help="epochs of the runs on all frames (runs on the labelled part alone get more, see above)")
+    ap.add_argument("--epochs", type=int, default=30,
+                    help="epochs of the runs on all frames (runs on the labelled part alone get more, see above)")
     ap.add_argument("--imgsz", type=int, default=320, help="input size of every run")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
     ap.add_argument("--settings", nargs="+", default=SETTINGS, choices=SETTINGS, help="rows to run")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_unlabeled"), help="folder of the runs")
     ap.add_argument("--results", default=str(RESULTS), help=f"CSV to write (default {RESULTS.relative_to(ROOT)})")
+    ap.add_argument("--table-only", action="store_true", help="print the table from the CSV, train nothing")
     args = ap.parse_args()
     results = Path(args.results)
+    if args.table_only:
+        with results.open() as f:
+            print_table({(r["setting"], int(r["seed"])): r for r in csv.DictReader(f)})
+        return
     if not (DATA / "train.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo", str(SRC), "--out", str(DATA)],
                        check=True)
@@ -114,7 +138,7 @@ def main() -> None:
         r = read_rows(teacher_all / "results.csv")[-1]
         table[("teacher_all", 0)] = {"setting": "teacher_all", "seed": 0, "labeled_frames": 258, "unlabeled_frames": 0,
                                      "map": r["map"], "ap50": r["ap50"], "epochs": args.epochs, "imgsz": args.imgsz,
-                                     "run": str(teacher_all)}
+                                     "run": os.path.relpath(teacher_all, ROOT)}
     for seed in args.seeds:
         lab, unl, n_lab, n_unl = split(seed, args.fraction, Path(args.out) / f"split_s{seed}")
         data = [f"data.train_json={lab}"]
@@ -148,18 +172,14 @@ def main() -> None:
             table[(setting, seed)] = {"setting": setting, "seed": seed, "labeled_frames": n_lab,
                                       "unlabeled_frames": 0 if setting in ("labeled", "teacher_labeled") else n_unl,
                                       "map": r["map"], "ap50": r["ap50"], "epochs": epochs[setting],
-                                      "imgsz": args.imgsz, "run": str(run)}
+                                      "imgsz": args.imgsz, "run": os.path.relpath(run, ROOT)}
         results.parent.mkdir(parents=True, exist_ok=True)
         with results.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
             for key in sorted(table, key=lambda k: (k[1], k[0])):
                 w.writerow({c: table[key].get(c, "") for c in COLUMNS})
-    print("| setting | seed | labelled frames | unlabelled frames | mAP@[.5:.95] | AP50 |\n|---|---|---|---|---|---|")
-    for key in sorted(table, key=lambda k: (k[0], k[1])):
-        r = table[key]
-        print(f"| {r['setting']} | {r['seed']} | {r['labeled_frames']} | {r['unlabeled_frames']} | "
-              f"{float(r['map']):.4f} | {float(r['ap50']):.4f} |")
+    print_table(table)
     print(f"\nwritten {results}")
 
 
