@@ -99,8 +99,8 @@ class KDConfig:
     box_region: Literal["fg", "teacher_score"] = opt("teacher_score", "where box KD applies: assigned anchors, or all weighted by teacher score")
     decay: Literal["constant", "cosine"] = opt("constant", "KD weight schedule over training (cosine decays to 1% at the end)")
     teacher_precision: Literal["auto", "fp32", "bf16"] = opt(
-        "auto", "teacher forward pass on CPU: bf16 autocast + channels_last (auto = when the CPU has native bf16), or "
-        "fp32; on CUDA the teacher follows train.amp")
+        "auto", "teacher forward pass on CPU: bf16 autocast + channels_last (auto = when the CPU has native bf16 and the "
+        "teacher is not two-stage), or fp32; on CUDA the teacher follows train.amp")
 
 
 @dataclass

@@ -36,13 +36,16 @@ from ..models import (
 from .config import KDConfig
 
 
-def cpu_bf16_teacher(precision: str, device: torch.device) -> bool:
-    """Whether the teacher runs in bf16 on this device: ``bf16`` forces it on CPU, ``auto`` asks for native support
-    (avx512_bf16 / AMX, where bf16 is faster than fp32; emulated bf16 is slower)."""
+def cpu_bf16_teacher(precision: str, device: torch.device, smooth: bool = True) -> bool:
+    """Whether the teacher runs in bf16 on this device: ``bf16`` forces it on CPU, ``auto`` asks for a teacher whose
+    outputs move smoothly with precision (``smooth``: not a two-stage detector, whose proposal choices flip) and for
+    native support (avx512_bf16 / AMX, where bf16 is faster than fp32; emulated bf16 is slower)."""
     if device.type != "cpu" or precision == "fp32":
         return False
     if precision == "bf16":
         return True
+    if not smooth:
+        return False
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):

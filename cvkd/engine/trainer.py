@@ -133,7 +133,7 @@ def train(cfg: RunConfig) -> dict:
         teacher = load_detector(cfg.kd.teacher, device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        if teacher_bf16 := cpu_bf16_teacher(cfg.kd.teacher_precision, device):
+        if teacher_bf16 := cpu_bf16_teacher(cfg.kd.teacher_precision, device, teacher.bf16_teacher):
             teacher.to(memory_format=torch.channels_last)
             log.info("teacher forward pass in bf16 autocast + channels_last (kd.teacher_precision)")
         distiller = Distiller(cfg.kd, student, teacher, cfg.data.imgsz).to(device)

@@ -19,10 +19,10 @@ from tqdm import tqdm
 from .. import __version__
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..config import ConfigError, save_config, to_dict
-from ..engine.report import read_rows, write_rows
 from ..engine.distributed import barrier, broadcast, check_replicas, sum_across
 from ..engine.distributed import cleanup as dist_cleanup
 from ..engine.distributed import setup as dist_setup
+from ..engine.report import read_rows, write_rows
 from ..runs import make_run_dir, resolve_run_config, setup_logging
 from .cache import load_or_build
 from .config import LMRunConfig

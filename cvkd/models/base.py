@@ -50,6 +50,7 @@ class DetectorAdapter(nn.Module):
     class_names: list[str]
     strides: list[int]
     dense_student: bool = True  # False: forward() has no trainable dense outputs, so it can teach but not be distilled
+    bf16_teacher: bool = True  # outputs move smoothly with precision (kd.teacher_precision=auto may use bf16)
 
     @property
     def num_classes(self) -> int:

@@ -139,3 +139,13 @@ def test_train_rcnn_then_distill_it_into_yolo(tmp_path):
     values = dict(zip(header.split(","), row.split(",")))
     for key in ("loss_kd_logit", "loss_kd_feature", "loss_kd_box", "map"):
         assert values[key] not in ("", "nan"), key
+
+
+def test_rcnn_teacher_stays_fp32_with_auto_precision():
+    """bf16 flips which proposals survive top-k/NMS, so kd.teacher_precision=auto keeps a Faster R-CNN teacher in fp32
+    (the dense one-stage adapters may use bf16)."""
+    from cvkd.engine.distill import cpu_bf16_teacher
+
+    assert _rcnn().bf16_teacher is False
+    assert not cpu_bf16_teacher("auto", torch.device("cpu"), _rcnn().bf16_teacher)
+    assert build_detector("yolov8n.yaml", ["person"]).bf16_teacher is True

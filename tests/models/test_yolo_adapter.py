@@ -197,6 +197,7 @@ def test_bf16_teacher_forward_matches_fp32_and_feeds_every_term():
 
     assert cpu_bf16_teacher("bf16", torch.device("cpu")) and not cpu_bf16_teacher("fp32", torch.device("cpu"))
     assert not cpu_bf16_teacher("auto", torch.device("cuda")) and not cpu_bf16_teacher("bf16", torch.device("cuda"))
+    assert not cpu_bf16_teacher("auto", torch.device("cpu"), smooth=False)  # two-stage teachers stay fp32 on auto
     torch.manual_seed(0)
     s = build_detector("yolov8n.yaml", ["person"]).train()
     t = build_detector("yolov8s.yaml", ["person"]).eval()
