@@ -95,15 +95,23 @@ def print_table(table: dict) -> None:
     import statistics
 
     order = ["teacher_all", *SETTINGS]
+    from cvkd.engine.report import read_rows
+
+    def last5(run: str) -> str:  # noise check: mean val mAP of the run's last 5 epochs (no epoch picked)
+        path = ROOT / run / "results.csv"
+        maps = [float(r["map"]) for r in read_rows(path)[-5:] if r.get("map")] if path.is_file() else []
+        return f"{statistics.mean(maps):.4f}" if maps else "not measured"
+
     print("| setting | labelled frames | unlabelled frames | epochs | mAP@[.5:.95] per seed | mean +- sd "
-          "| AP50 mean |\n|---|---|---|---|---|---|---|")
+          "| AP50 mean | last-5-epoch mean per seed |\n|---|---|---|---|---|---|---|---|")
     for setting in sorted({k[0] for k in table}, key=lambda x: order.index(x) if x in order else 99):
         rows = [table[k] for k in sorted(table) if k[0] == setting]
         maps, ap50s = [float(r["map"]) for r in rows], [float(r["ap50"]) for r in rows]
         per_seed = " / ".join(f"s{r['seed']} {float(r['map']):.4f}" for r in rows)
         sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
         print(f"| {setting} | {rows[0]['labeled_frames']} | {rows[0]['unlabeled_frames']} | {rows[0]['epochs']} | "
-              f"{per_seed} | {statistics.mean(maps):.4f} +- {sd:.4f} | {statistics.mean(ap50s):.4f} |")
+              f"{per_seed} | {statistics.mean(maps):.4f} +- {sd:.4f} | {statistics.mean(ap50s):.4f} | "
+              f"{' / '.join(last5(r['run']) for r in rows)} |")
 
 
 def main() -> None:
@@ -123,6 +131,8 @@ def main() -> None:
     args = ap.parse_args()
     results = Path(args.results)
     if args.table_only:
+        if not results.is_file():
+            sys.exit(f"error: {results}: no results yet (run the benchmark first)")
         with results.open() as f:
             print_table({(r["setting"], int(r["seed"])): r for r in csv.DictReader(f)})
         return
