@@ -114,7 +114,8 @@ def main() -> None:
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         r = read_rows(run / "results.csv")[-1]
-        table[(setting, args.seed)] = {"setting": setting, "overrides": " ".join(extra or ["(no KD)"]),
+        overrides = "(no KD)" if extra is None else " ".join(extra) or "(configs/cctv_distill.yaml as is)"
+        table[(setting, args.seed)] = {"setting": setting, "overrides": overrides,
                                        "seed": args.seed, "epochs": args.epochs, "tune_frames": n_held,
                                        "map": r["map"], "ap50": r["ap50"], "run": os.path.relpath(run, ROOT)}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
