@@ -7,6 +7,7 @@ for ``--steps`` steps of one epoch each, with the teacher's forward pass in fp32
 step (data loading included, evaluation not) and the ratio to the baseline.
 
     python benchmarks/kd_step_cost.py --steps 20 --repeats 3 --threads 1
+    python benchmarks/kd_step_cost.py --teacher-pass     # the teacher's pass alone: time and bf16 error, no CSV
 
 Writes benchmarks/results/kd_step_cost.csv (setting,teacher_precision,repeat,steps,sec_per_step,threads,device).
 """
@@ -26,27 +27,61 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from cctv_distill import ensure_data  # noqa: E402  (converts the CCTV set to COCO json once)
+
 RESULTS = ROOT / "benchmarks" / "results" / "kd_step_cost.csv"
 COLUMNS = ["setting", "teacher_precision", "repeat", "steps", "sec_per_step", "threads", "device"]
-SETTINGS = {  # name: (tool, config, extra overrides)
-    "baseline": ("train.py", "cctv_student.yaml", []),
-    "kd_fp32_teacher": ("distill.py", "cctv_distill.yaml", ["kd.teacher_precision=fp32"]),
-    "kd_bf16_teacher": ("distill.py", "cctv_distill.yaml", ["kd.teacher_precision=bf16"]),
+SETTINGS = {  # name: (tool, config, kd.teacher_precision)
+    "baseline": ("train.py", "cctv_student.yaml", ""),
+    "kd_fp32_teacher": ("distill.py", "cctv_distill.yaml", "fp32"),
+    "kd_bf16_teacher": ("distill.py", "cctv_distill.yaml", "bf16"),
 }
 
 
 def run_once(args, name: str, out: Path) -> float:
     from cvkd.engine.report import read_rows
 
-    tool, config, extra = SETTINGS[name]
+    tool, config, precision = SETTINGS[name]
     cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config), f"out={out}",
-           f"name={name}", "train.epochs=1", f"train.max_steps={args.steps}", f"train.threads={args.threads}", *extra]
-    if tool == "distill.py":
-        cmd.append(f"kd.teacher={args.teacher}")
+           f"name={name}", "train.epochs=1", f"train.max_steps={args.steps}", f"train.threads={args.threads}"]
+    if precision:
+        cmd += [f"kd.teacher={args.teacher}", f"kd.teacher_precision={precision}"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"error: {name} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
     return float(read_rows(out / name / "results.csv")[-1]["sec_train"]) / args.steps
+
+
+def teacher_pass(args) -> None:
+    """Time the teacher's forward pass alone (a batch of 16 random 320 px images) in fp32 and in bf16 +
+    channels_last, and how far the bf16 outputs are from the fp32 ones."""
+    import copy
+    import time
+
+    import torch
+
+    from cvkd.engine.distill import teacher_forward
+    from cvkd.models import load_detector
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    t32 = load_detector(args.teacher, "cpu").eval()
+    t16 = copy.deepcopy(t32).to(memory_format=torch.channels_last)
+    img = torch.rand(16, 3, 320, 320)
+
+    def timed(t, bf16: bool):
+        teacher_forward(t, img, bf16)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(3):
+            out = teacher_forward(t, img, bf16)
+        return (time.perf_counter() - t0) / 3, out
+
+    (sec32, ref), (sec16, out) = timed(t32, False), timed(t16, True)
+    score = (ref.cls_logits.sigmoid() - out.cls_logits.sigmoid()).abs().max().item()
+    feat = [f"{((a - b).norm() / a.norm()).item():.4f}" for a, b in zip(ref.feats, out.feats)]
+    print(f"teacher pass, batch 16 at 320 px, {args.threads} thread(s): fp32 {sec32:.3f} s, bf16 + channels_last "
+          f"{sec16:.3f} s ({sec32 / sec16:.2f}x); max score difference {score:.4f}; feature relative error per "
+          f"level {' / '.join(feat)}")
 
 
 def main() -> None:
@@ -61,11 +96,12 @@ def main() -> None:
     ap.add_argument("--teacher", default=str(ROOT / "checkpoints" / "cctv_yolov8s_teacher_fp16.pt.xz"),
                     help="teacher checkpoint (default: the shipped YOLOv8s CCTV teacher)")
     ap.add_argument("--results", default=str(RESULTS), help=f"CSV to write (default {RESULTS.relative_to(ROOT)})")
+    ap.add_argument("--teacher-pass", action="store_true",
+                    help="time the teacher's forward pass alone (fp32 against bf16) and print the bf16 error")
     args = ap.parse_args()
-    if not (ROOT / "data" / "cctv_people" / "train.json").is_file():
-        subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo",
-                        str(ROOT.parent / "shared" / "datasets" / "cctv_people"), "--out",
-                        str(ROOT / "data" / "cctv_people")], check=True)
+    if args.teacher_pass:
+        return teacher_pass(args)
+    ensure_data()
     names = list(SETTINGS)
     if not cpu_bf16_teacher("auto", torch.device("cpu")):
         names.remove("kd_bf16_teacher")
@@ -77,9 +113,9 @@ def main() -> None:
             for name in names:
                 sec = run_once(args, name, Path(tmp) / f"r{rep}")
                 print(f"repeat {rep}: {name} {sec:.3f} s/step", flush=True)
-                rows.append({"setting": name, "teacher_precision": SETTINGS[name][2][0].split("=")[1]
-                             if SETTINGS[name][2] else "", "repeat": rep, "steps": args.steps,
-                             "sec_per_step": f"{sec:.4f}", "threads": args.threads, "device": device})
+                rows.append({"setting": name, "teacher_precision": SETTINGS[name][2], "repeat": rep,
+                             "steps": args.steps, "sec_per_step": f"{sec:.4f}", "threads": args.threads,
+                             "device": device})
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     with results.open("w", newline="") as f:

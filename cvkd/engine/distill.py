@@ -55,8 +55,8 @@ def cpu_bf16_teacher(precision: str, device: torch.device, smooth: bool = True) 
 def teacher_forward(teacher: DetectorAdapter, img: Tensor, bf16: bool) -> DetOutputs:
     """The frozen teacher's outputs, without gradients. With ``bf16`` the pass runs under CPU bf16 autocast on
     channels_last memory (call ``teacher.to(memory_format=torch.channels_last)`` once) and the outputs come back as
-    contiguous fp32: for YOLOv8s at 320 px on this project's CPU 2.4x faster, max score error < 0.01, feature
-    error ~1 % (benchmarks/kd_step_cost.py measures the whole step)."""
+    contiguous fp32: for YOLOv8s at 320 px on this project's CPU ~3x faster, max score error < 0.01, feature
+    error ~1 % (``benchmarks/kd_step_cost.py --teacher-pass``; without the flag it measures the whole step)."""
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         out = teacher(img.contiguous(memory_format=torch.channels_last) if bf16 else img)
     if not bf16:

@@ -93,7 +93,7 @@ class RcnnAdapter(DetectorAdapter):
     family = "rcnn"
     reg_max = None  # no DFL bins
     dense_student = False  # refused as a KD student by the distiller
-    bf16_teacher = False  # bf16 flips which proposals survive top-k/NMS: rendered scores jump (measured up to 0.5)
+    bf16_teacher = False  # bf16 flips which proposals survive top-k/NMS, so rendered scores jump
 
     def __init__(self, model: nn.Module, class_names: list[str], arch: dict):
         super().__init__()
