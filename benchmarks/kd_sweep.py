@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cctv_distill import ensure_data
 from unlabeled import (  # the same frame-level split rule and run check
     finished,
     frame_of,
@@ -86,9 +87,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "kd_sweep"), help="folder of the runs")
     args = ap.parse_args()
-    if not (DATA / "train.json").is_file():
-        subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo", str(SRC), "--out", str(DATA)],
-                       check=True)
+    ensure_data()  # the CCTV set as COCO json, converted once (benchmarks/cctv_distill.py)
     if not Path(args.teacher).is_file():
         sys.exit(f"error: {args.teacher}: teacher checkpoint not found (run benchmarks/cctv_distill.py --rows teacher)")
     tune_train, tune_val, n_held = tuning_split(args.seed, args.tune_fraction, Path(args.out) / f"split_s{args.seed}")

@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from cctv_distill import ensure_data  # noqa: E402
+
 SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
 DATA = ROOT / "data" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "unlabeled.csv"
@@ -136,9 +138,7 @@ def main() -> None:
         with results.open() as f:
             print_table({(r["setting"], int(r["seed"])): r for r in csv.DictReader(f)})
         return
-    if not (DATA / "train.json").is_file():
-        subprocess.run([sys.executable, str(ROOT / "tools" / "convert.py"), "yolo", str(SRC), "--out", str(DATA)],
-                       check=True)
+    ensure_data()  # the CCTV set as COCO json, converted once (benchmarks/cctv_distill.py)
     table = {}
     if results.is_file():
         with results.open() as f:
