@@ -144,7 +144,13 @@ def run_name(row: str, seed: int, interp: str, student: str = DEFAULT_STUDENT) -
 
 
 def record_key(r: dict) -> tuple:
-    return (r["model"], r["role"], r["method"], r["seed"], r.get("interp") or "area", r.get("teacher") or "")
+    return (r["model"], r["role"], r["method"], r["seed"], r.get("interp") or "area", r.get("teacher") or "",
+            int(r["epochs"]), int(r["imgsz"]))
+
+
+def schedule(r: dict) -> tuple:
+    """Rows are compared (baseline, teacher, mean over seeds) only within one schedule: epochs and imgsz."""
+    return int(r["epochs"]), int(r["imgsz"])
 
 
 def load_records() -> dict:
@@ -174,22 +180,29 @@ def last_epochs_map(run: str, n: int) -> float | None:
 
 
 def print_last_epochs(records: list[dict], n: int) -> None:
-    print(f"\n| model | role | method | interp | teacher | seeds | mean val mAP of the last {n} epochs, per seed |")
-    print("|---|---|---|---|---|---|---|")
-    groups: dict = {}
-    for r in records:
-        groups.setdefault((r["model"], r["role"], r["method"], r.get("interp", ""), r.get("teacher", "")), []).append(r)
-    for (model, role, method, interp, teacher), rs in groups.items():
+    print(f"\n| epochs | model | role | method | interp | teacher | seeds | mean val mAP of the last {n} epochs, "
+          "per seed |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (epochs, _, model, role, method, interp, teacher), rs in group_rows(records).items():
         values = [last_epochs_map(str(r.get("run", "")), n) for r in rs]
         shown = " / ".join("n/a" if v is None else f"{v:.4f}" for v in values)
-        print(f"| {model} | {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | {shown} |")
+        print(f"| {epochs} | {model} | {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | {shown} |")
+
+
+def group_rows(records: list[dict]) -> dict:
+    """Seeds of one table row: same schedule, model, role, method, interp and teacher."""
+    groups: dict = {}
+    for r in records:
+        key = (*schedule(r), r["model"], r["role"], r["method"], r.get("interp", ""), r.get("teacher", ""))
+        groups.setdefault(key, []).append(r)
+    return groups
 
 
 def write_table(table: dict, last: int = 0) -> None:
     def other_student(r: dict) -> str:  # cross-family rows (--student) after the YOLOv8n rows, grouped by model
         return r["model"] if r["model"] != DEFAULT_STUDENT and r["role"] != "teacher" else ""
 
-    records = sorted(table.values(), key=lambda r: (other_student(r), r.get("teacher") or "",
+    records = sorted(table.values(), key=lambda r: (schedule(r), other_student(r), r.get("teacher") or "",
                                                    0 if r["role"] == "teacher" else 1,
                                                    r.get("interp") or "", ALL_ROWS.index(r["method"]) if r["method"]
                                                    in ALL_ROWS else 0, r["seed"]))
@@ -197,10 +210,11 @@ def write_table(table: dict, last: int = 0) -> None:
     teachers = {r["run"]: r for r in records if r["role"] == "teacher"}
     for r in records:
         if r["role"] == "student":  # each tool's own baseline: cvkd (none) or ultralytics (ultralytics_none)
-            by_base.setdefault((r["model"], r["method"], r.get("interp")), []).append(r["map"])
+            by_base.setdefault((schedule(r), r["model"], r["method"], r.get("interp")), []).append(r["map"])
     for r in records:
-        base = by_base.get((r["model"], "ultralytics_none", "linear") if r["method"].startswith("ultralytics")
-                           else (r["model"], "none", r.get("interp")))
+        own_base = ("ultralytics_none", "linear") if r["method"].startswith("ultralytics") \
+            else ("none", r.get("interp"))
+        base = by_base.get((schedule(r), r["model"], *own_base))
         teacher = teachers.get(r.get("teacher", ""))
         r["gap_closed"] = ""
         if teacher and base and r["role"] == "distilled":
@@ -213,17 +227,15 @@ def write_table(table: dict, last: int = 0) -> None:
         for r in records:
             r["run"] = os.path.relpath(r["run"], ROOT) if os.path.isabs(str(r.get("run", ""))) else r.get("run", "")
             w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
-    print("\n| model | role | method | interp | teacher | seeds | mAP@[.5:.95] mean +- sd | AP50 | gap closed | "
-          "params (M) | GFLOPs | s/epoch |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    groups: dict = {}
-    for r in records:
-        groups.setdefault((r["model"], r["role"], r["method"], r.get("interp", ""), r.get("teacher", "")), []).append(r)
-    for (model, role, method, interp, teacher), rs in groups.items():
+    print("\n| epochs | model | role | method | interp | teacher | seeds | mAP@[.5:.95] mean +- sd | AP50 | "
+          "gap closed | params (M) | GFLOPs | s/epoch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (epochs, _, model, role, method, interp, teacher), rs in group_rows(records).items():
         maps = [r["map"] for r in rs]
         sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
         gap = [r["gap_closed"] for r in rs if isinstance(r.get("gap_closed"), float)]
-        print(f"| {model} | {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} | "
+        print(f"| {epochs} | {model} | {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | "
+              f"{statistics.mean(maps):.4f} +- {sd:.4f} | "
               f"{statistics.mean(r['ap50'] for r in rs):.4f} | {statistics.mean(gap) if gap else float('nan'):.2f} | "
               f"{rs[0]['params_m']:.2f} | {rs[0]['gflops']:.2f} | {statistics.mean(r['sec_per_epoch'] for r in rs):.0f} |")
     if last:
@@ -242,7 +254,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run, both tools (0 = their default)")
     ap.add_argument("--dataset", default="cctv", choices=list(DATASETS),
                     help="cctv (default; results/cctv_distill.csv) or pennfudan (results/pennfudan_distill.csv)")
-    ap.add_argument("--out", default=None, help="folder of the benchmark's runs (default runs/bench_<dataset>)")
+    ap.add_argument("--out", default=None, help="folder of the benchmark's runs (default runs/bench_<dataset>; "
+                    "runs/bench_<dataset>_e<N> when --epochs N is not 30)")
     ap.add_argument("--interp", default="linear", choices=["linear", "area"],
                     help="how cvkd runs shrink training images (data.train_interp; default linear, as ultralytics); "
                          "also picks the teacher (trained the same way) of the KD rows")
@@ -257,7 +270,8 @@ def main() -> None:
     if args.student != DEFAULT_STUDENT and any(r.startswith("ultralytics") for r in args.rows):
         ap.error("ultralytics rows train yolov8n: leave them out of --rows with --student " + args.student)
     select_dataset(args.dataset)
-    args.out = args.out or str(ROOT / "runs" / DS["out"])
+    # the 30-epoch runs keep their folder; another schedule gets its own (runs/bench_cctv_e100)
+    args.out = args.out or str(ROOT / "runs" / (DS["out"] + ("" if args.epochs == 30 else f"_e{args.epochs}")))
     if args.table_only:
         write_table(load_records(), args.last)
         return

@@ -1,0 +1,50 @@
+"""benchmarks/cctv_distill.py's table: rows of different schedules never share a baseline, teacher or mean."""
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture()
+def bench(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("cctv_distill", None)
+    import cctv_distill
+
+    monkeypatch.setattr(cctv_distill, "RESULTS", tmp_path / "table.csv")
+    return cctv_distill
+
+
+def _row(role: str, method: str, epochs: int, seed: int, map_: float, run: str, teacher: str = "") -> dict:
+    return {"model": "yolov8s" if role == "teacher" else "yolov8n", "role": role, "method": method, "seed": seed,
+            "imgsz": 320, "epochs": epochs, "params_m": 3.0, "gflops": 2.0, "map": map_, "ap50": 0.5,
+            "sec_per_epoch": 10.0, "interp": "linear", "teacher": teacher, "run": run}
+
+
+def test_gap_closed_uses_the_baseline_and_teacher_of_the_same_schedule(bench, capsys):
+    rows = [
+        _row("teacher", "none", 30, 0, 0.40, "runs/a/teacher"), _row("student", "none", 30, 0, 0.30, "runs/a/s0"),
+        _row("student", "none", 30, 1, 0.32, "runs/a/s1"),
+        _row("distilled", "all_sw", 30, 0, 0.36, "runs/a/kd0", "runs/a/teacher"),
+        _row("teacher", "none", 100, 0, 0.50, "runs/b/teacher"), _row("student", "none", 100, 0, 0.40, "runs/b/s0"),
+        _row("distilled", "all_sw", 100, 0, 0.45, "runs/b/kd0", "runs/b/teacher"),
+    ]
+    bench.write_table({bench.record_key(r): r for r in rows})
+    with bench.RESULTS.open() as f:
+        got = {(int(r["epochs"]), r["role"], int(r["seed"])): r for r in csv.DictReader(f)}
+    assert len(got) == 7  # no row replaced another
+    assert float(got[(30, "distilled", 0)]["gap_closed"]) == pytest.approx((0.36 - 0.31) / (0.40 - 0.31), abs=1e-4)
+    assert float(got[(100, "distilled", 0)]["gap_closed"]) == pytest.approx(0.5, abs=1e-4)
+    table = capsys.readouterr().out
+    assert "| 30 | yolov8n | student | none | linear |  | 2 | 0.3100 +- 0.0141 |" in table
+    assert "| 100 | yolov8n | student | none | linear |  | 1 | 0.4000 +- 0.0000 |" in table
+
+
+def test_record_key_separates_schedules(bench):
+    a, b = _row("student", "none", 30, 0, 0.3, "r1"), _row("student", "none", 100, 0, 0.4, "r2")
+    assert bench.record_key(a) != bench.record_key(b)
