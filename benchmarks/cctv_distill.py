@@ -56,11 +56,13 @@ def select_dataset(name: str) -> None:
     SRC, DATA = DS["src"], DS["data"]
     RESULTS = ROOT / "benchmarks" / "results" / DS["results"]
 COLUMNS = ["model", "role", "method", "seed", "imgsz", "epochs", "params_m", "gflops", "map", "ap50", "gap_closed",
-           "sec_per_epoch", "interp", "teacher", "run"]
+           "sec_per_epoch", "interp", "pipeline", "teacher", "run"]
 # interp: how training images were shrunk to imgsz (cvkd's data.train_interp; ultralytics always uses linear).
+# pipeline: whose training-data pipeline fed the run: cvkd's own or ultralytics' (cvkd's data.pipeline=ultralytics;
+# always so for the ultralytics rows). The teacher rows are always trained on cvkd's pipeline.
 # teacher: the teacher run of a distilled row. gap_closed compares a row with its own tool's baseline trained with
-# the same interp, and with that teacher.
-# KD settings of the cvkd rows (docs/cctv.md says where each comes from; no sweep has been run yet)
+# the same interp and pipeline, and with that teacher.
+# KD settings of the cvkd rows (docs/cctv.md says where each comes from)
 KD_ROWS = {
     "logit": ["kd.logit=4.0", "kd.logit_t=1.0"],
     "feature": ["kd.feature=2.0", "kd.feature_loss=cwd", "kd.feature_t=4.0"],
@@ -135,17 +137,25 @@ def score_cvkd(run: Path, args) -> dict:
             "sec_per_epoch": sec, "model": model}
 
 
-def run_name(row: str, seed: int, interp: str, student: str = DEFAULT_STUDENT) -> str:
+def run_name(row: str, seed: int, interp: str, student: str = DEFAULT_STUDENT, pipeline: str = "cvkd") -> str:
     """Run folder of a cvkd row; area runs keep the names they had before linear became the default; other students
-    than YOLOv8n get their model name in front (``timm_mobilenetv3_small_100_all_sw_area_s0``)."""
+    than YOLOv8n get their model name in front (``timm_mobilenetv3_small_100_all_sw_area_s0``); runs on ultralytics'
+    data pipeline end in ``_ulpipe_s<seed>``."""
+    pipe = "_ulpipe" if pipeline == "ultralytics" else ""
     if student != DEFAULT_STUDENT:
-        return f"{student.replace(':', '_').replace('/', '_')}_{row}_{interp}_s{seed}"
-    return f"{row}_s{seed}" if interp == "area" else f"{row}_{interp}_s{seed}"
+        return f"{student.replace(':', '_').replace('/', '_')}_{row}_{interp}{pipe}_s{seed}"
+    return f"{row}{pipe}_s{seed}" if interp == "area" else f"{row}_{interp}{pipe}_s{seed}"
+
+
+def pipeline_of(r: dict) -> str:
+    """Rows written before the pipeline column existed: the ultralytics rows ran on ultralytics' pipeline, the
+    others on cvkd's."""
+    return r.get("pipeline") or ("ultralytics" if r["method"].startswith("ultralytics") else "cvkd")
 
 
 def record_key(r: dict) -> tuple:
     return (r["model"], r["role"], r["method"], r["seed"], r.get("interp") or "area", r.get("teacher") or "",
-            int(r["epochs"]), int(r["imgsz"]))
+            int(r["epochs"]), int(r["imgsz"]), pipeline_of(r))
 
 
 def schedule(r: dict) -> tuple:
@@ -163,6 +173,7 @@ def load_records() -> dict:
             for k in ("params_m", "gflops", "map", "ap50", "sec_per_epoch", "gap_closed"):
                 r[k] = float(r[k]) if r.get(k) not in (None, "") else ""
             r["seed"] = int(r["seed"])
+            r["pipeline"] = pipeline_of(r)
             out[record_key(r)] = r
     return out
 
@@ -180,20 +191,22 @@ def last_epochs_map(run: str, n: int) -> float | None:
 
 
 def print_last_epochs(records: list[dict], n: int) -> None:
-    print(f"\n| epochs | model | role | method | interp | teacher | seeds | mean val mAP of the last {n} epochs, "
-          "per seed |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (epochs, _, model, role, method, interp, teacher), rs in group_rows(records).items():
+    print(f"\n| epochs | model | role | method | interp | pipeline | teacher | seeds | mean val mAP of the last {n} "
+          "epochs, per seed |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (epochs, _, model, role, method, interp, pipe, teacher), rs in group_rows(records).items():
         values = [last_epochs_map(str(r.get("run", "")), n) for r in rs]
         shown = " / ".join("n/a" if v is None else f"{v:.4f}" for v in values)
-        print(f"| {epochs} | {model} | {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | {shown} |")
+        print(f"| {epochs} | {model} | {role} | {method} | {interp} | {pipe} | {Path(teacher).name} | {len(rs)} | "
+              f"{shown} |")
 
 
 def group_rows(records: list[dict]) -> dict:
-    """Seeds of one table row: same schedule, model, role, method, interp and teacher."""
+    """Seeds of one table row: same schedule, model, role, method, interp, pipeline and teacher."""
     groups: dict = {}
     for r in records:
-        key = (*schedule(r), r["model"], r["role"], r["method"], r.get("interp", ""), r.get("teacher", ""))
+        key = (*schedule(r), r["model"], r["role"], r["method"], r.get("interp", ""), pipeline_of(r),
+               r.get("teacher", ""))
         groups.setdefault(key, []).append(r)
     return groups
 
@@ -202,18 +215,21 @@ def write_table(table: dict, last: int = 0) -> None:
     def other_student(r: dict) -> str:  # cross-family rows (--student) after the YOLOv8n rows, grouped by model
         return r["model"] if r["model"] != DEFAULT_STUDENT and r["role"] != "teacher" else ""
 
-    records = sorted(table.values(), key=lambda r: (schedule(r), other_student(r), r.get("teacher") or "",
-                                                   0 if r["role"] == "teacher" else 1,
-                                                   r.get("interp") or "", ALL_ROWS.index(r["method"]) if r["method"]
-                                                   in ALL_ROWS else 0, r["seed"]))
+    def order(r: dict) -> tuple:
+        method = ALL_ROWS.index(r["method"]) if r["method"] in ALL_ROWS else 0
+        return (schedule(r), other_student(r), r.get("teacher") or "", 0 if r["role"] == "teacher" else 1,
+                r.get("interp") or "", pipeline_of(r), method, r["seed"])
+
+    records = sorted(table.values(), key=order)
     by_base: dict = {}
     teachers = {r["run"]: r for r in records if r["role"] == "teacher"}
     for r in records:
         if r["role"] == "student":  # each tool's own baseline: cvkd (none) or ultralytics (ultralytics_none)
-            by_base.setdefault((schedule(r), r["model"], r["method"], r.get("interp")), []).append(r["map"])
+            by_base.setdefault((schedule(r), r["model"], r["method"], r.get("interp"), pipeline_of(r)),
+                               []).append(r["map"])
     for r in records:
-        own_base = ("ultralytics_none", "linear") if r["method"].startswith("ultralytics") \
-            else ("none", r.get("interp"))
+        own_base = ("ultralytics_none", "linear", "ultralytics") if r["method"].startswith("ultralytics") \
+            else ("none", r.get("interp"), pipeline_of(r))
         base = by_base.get((schedule(r), r["model"], *own_base))
         teacher = teachers.get(r.get("teacher", ""))
         r["gap_closed"] = ""
@@ -225,16 +241,17 @@ def write_table(table: dict, last: int = 0) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         for r in records:
+            r["pipeline"] = pipeline_of(r)
             r["run"] = os.path.relpath(r["run"], ROOT) if os.path.isabs(str(r.get("run", ""))) else r.get("run", "")
             w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
-    print("\n| epochs | model | role | method | interp | teacher | seeds | mAP@[.5:.95] mean +- sd | AP50 | "
+    print("\n| epochs | model | role | method | interp | pipeline | teacher | seeds | mAP@[.5:.95] mean +- sd | AP50 | "
           "gap closed | params (M) | GFLOPs | s/epoch |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for (epochs, _, model, role, method, interp, teacher), rs in group_rows(records).items():
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (epochs, _, model, role, method, interp, pipe, teacher), rs in group_rows(records).items():
         maps = [r["map"] for r in rs]
         sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
         gap = [r["gap_closed"] for r in rs if isinstance(r.get("gap_closed"), float)]
-        print(f"| {epochs} | {model} | {role} | {method} | {interp} | {Path(teacher).name} | {len(rs)} | "
+        print(f"| {epochs} | {model} | {role} | {method} | {interp} | {pipe} | {Path(teacher).name} | {len(rs)} | "
               f"{statistics.mean(maps):.4f} +- {sd:.4f} | "
               f"{statistics.mean(r['ap50'] for r in rs):.4f} | {statistics.mean(gap) if gap else float('nan'):.2f} | "
               f"{rs[0]['params_m']:.2f} | {rs[0]['gflops']:.2f} | {statistics.mean(r['sec_per_epoch'] for r in rs):.0f} |")
@@ -259,6 +276,9 @@ def main() -> None:
     ap.add_argument("--interp", default="linear", choices=["linear", "area"],
                     help="how cvkd runs shrink training images (data.train_interp; default linear, as ultralytics); "
                          "also picks the teacher (trained the same way) of the KD rows")
+    ap.add_argument("--pipeline", default="cvkd", choices=["cvkd", "ultralytics"],
+                    help="training-data pipeline of the cvkd student and KD rows (data.pipeline; default cvkd's own); "
+                         "the teacher stays the one trained on cvkd's pipeline")
     ap.add_argument("--student", default=DEFAULT_STUDENT,
                     help="student of the student and KD rows: yolov8n (default) or any cvkd model.name, e.g. "
                          "timm:mobilenetv3_small_100 or tv:fcos_mobilenet_v3 (cross-family rows; the teacher stays "
@@ -278,6 +298,7 @@ def main() -> None:
     ensure_data()
     table = load_records()
     interp_args = [f"data.train_interp={args.interp}"]
+    pipe_args = [f"data.pipeline={args.pipeline}"]
     student_args = [] if args.student == DEFAULT_STUDENT else [f"model.name={args.student}"]
     teacher_run = run_cvkd(args, "train.py", "cctv_teacher.yaml", run_name("teacher", 0, args.interp), 0, interp_args)
     t = score_cvkd(teacher_run, args)
@@ -291,22 +312,24 @@ def main() -> None:
         write_table(table)
 
     add({"model": "yolov8s", "role": "teacher", "method": "none", "seed": 0, "imgsz": args.imgsz,
-         "epochs": args.epochs, "interp": args.interp, "teacher": "", "run": str(teacher_run),
+         "epochs": args.epochs, "interp": args.interp, "pipeline": "cvkd", "teacher": "", "run": str(teacher_run),
          **{k: v for k, v in t.items() if k != "model"}})
     for seed in args.seeds:
         for row in args.rows:
             t0 = time.time()
             if row == "teacher":
                 continue
-            interp, teacher = args.interp, ""
+            interp, teacher, pipeline = args.interp, "", args.pipeline
             if row == "student":
-                run = run_cvkd(args, "train.py", "cctv_student.yaml", run_name("student", seed, interp, args.student),
-                               seed, interp_args + student_args)
+                run = run_cvkd(args, "train.py", "cctv_student.yaml",
+                               run_name("student", seed, interp, args.student, pipeline),
+                               seed, interp_args + pipe_args + student_args)
                 rec = score_cvkd(run, args)
                 role, method = "student", "none"
             elif row in KD_ROWS:
-                run = run_cvkd(args, "distill.py", "cctv_distill.yaml", run_name(row, seed, interp, args.student),
-                               seed, [*interp_args, *student_args, f"kd.teacher={teacher_pt}", "kd.logit=0",
+                run = run_cvkd(args, "distill.py", "cctv_distill.yaml",
+                               run_name(row, seed, interp, args.student, pipeline),
+                               seed, [*interp_args, *pipe_args, *student_args, f"kd.teacher={teacher_pt}", "kd.logit=0",
                                       "kd.feature=0", "kd.box=0", *KD_ROWS[row]])
                 rec = score_cvkd(run, args)
                 role, method, teacher = "distilled", row, teacher_rel
@@ -314,7 +337,7 @@ def main() -> None:
                 from cvkd.data import load_coco
                 from cvkd.models.export_ultralytics import to_ultralytics_checkpoint
 
-                ul_teacher, interp, name = None, "linear", f"{row}_s{seed}"
+                ul_teacher, interp, name, pipeline = None, "linear", f"{row}_s{seed}", "ultralytics"
                 if row == "ultralytics_kd":
                     suffix = "" if args.interp == "area" else f"_{args.interp}"
                     ul_teacher = Path(args.out) / f"teacher{suffix}_ultralytics.pt"
@@ -326,7 +349,8 @@ def main() -> None:
                 role, method = ("distilled" if row == "ultralytics_kd" else "student"), row
             rec.pop("model", None)
             add({"model": args.student, "role": role, "method": method, "seed": seed, "imgsz": args.imgsz,
-                 "epochs": args.epochs, "interp": interp, "teacher": teacher, "run": str(run), **rec})
+                 "epochs": args.epochs, "interp": interp, "pipeline": pipeline, "teacher": teacher, "run": str(run),
+                 **rec})
             print(f"{row} seed {seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
 if __name__ == "__main__":

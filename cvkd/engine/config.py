@@ -34,6 +34,9 @@ class DataConfig:
     hsv_v: float = opt(0.4, "value/brightness jitter (fraction)")
     train_interp: Literal["area", "linear"] = opt("linear", "how training images are shrunk to imgsz: linear "
                                                   "(sharp, aliased; as ultralytics) or area (smooth; as evaluation)")
+    pipeline: Literal["cvkd", "ultralytics"] = opt("cvkd", "training-data pipeline: cvkd's own, or ultralytics' "
+                                                   "YOLODataset (its mosaic/affine/HSV/flip; linear resize; the keys "
+                                                   "above carry over, train_interp does not; docs/data.md)")
     box_policy: Literal["clip", "reject"] = opt("clip", "boxes partly outside the image: clip them or reject them")
     extra_train: list[dict] = opt([], "more labelled sets [{json: ..., images: ..., class_map: optional}], e.g. "
                                       "teacher pseudo-labels from tools/pseudo_label.py (hard-label KD)")

@@ -148,7 +148,15 @@ def train(cfg: RunConfig) -> dict:
             student.sum_across = lambda t: sum_across(d, t)
 
     val_ds = CocoDataset(val_data, cfg.data.imgsz, train=False) if d.main else None  # image cache lives across epochs
-    loader = _train_loader(cfg, d, train_data, 0)
+    ul_data = None
+    if cfg.data.pipeline == "ultralytics":
+        if d.enabled:
+            raise ConfigError("data.pipeline=ultralytics runs in one process only (not under torchrun yet)")
+        from ..data.ultralytics_pipeline import UltralyticsTrainData
+
+        ul_data = UltralyticsTrainData(cfg.data, train_data, run_dir / "ultralytics_data", cfg.train.batch,
+                                       cfg.train.epochs, cfg.train.seed)
+    loader = ul_data.loader(0) if ul_data else _train_loader(cfg, d, train_data, 0)
     nb = len(loader) if not cfg.train.max_steps else min(len(loader), cfg.train.max_steps)
     accumulate = max(round(cfg.train.nbs / cfg.train.batch), 1)
     opt, base_lr, momentum = build_optimizer([objective], cfg.train, len(class_names), accumulate)
@@ -178,7 +186,7 @@ def train(cfg: RunConfig) -> dict:
     metrics: dict = {}
     lr = base_lr
     for epoch in range(start_epoch, cfg.train.epochs):
-        loader = _train_loader(cfg, d, train_data, epoch)
+        loader = ul_data.loader(epoch) if ul_data else _train_loader(cfg, d, train_data, epoch)
         unl_iter = _cycle(_train_loader(cfg, d, unl_data, epoch, cfg.data.unlabeled_batch)) if unl_data else None
         objective.train()
         sums: dict[str, float] = {}

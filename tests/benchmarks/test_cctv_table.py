@@ -20,8 +20,9 @@ def bench(monkeypatch, tmp_path):
     return cctv_distill
 
 
-def _row(role: str, method: str, epochs: int, seed: int, map_: float, run: str, teacher: str = "") -> dict:
-    return {"model": "yolov8s" if role == "teacher" else "yolov8n", "role": role, "method": method, "seed": seed,
+def _row(role: str, method: str, epochs: int, seed: int, map_: float, run: str, teacher: str = "",
+         pipeline: str = "") -> dict:
+    return {"pipeline": pipeline, "model": "yolov8s" if role == "teacher" else "yolov8n", "role": role, "method": method, "seed": seed,
             "imgsz": 320, "epochs": epochs, "params_m": 3.0, "gflops": 2.0, "map": map_, "ap50": 0.5,
             "sec_per_epoch": 10.0, "interp": "linear", "teacher": teacher, "run": run}
 
@@ -41,10 +42,26 @@ def test_gap_closed_uses_the_baseline_and_teacher_of_the_same_schedule(bench, ca
     assert float(got[(30, "distilled", 0)]["gap_closed"]) == pytest.approx((0.36 - 0.31) / (0.40 - 0.31), abs=1e-4)
     assert float(got[(100, "distilled", 0)]["gap_closed"]) == pytest.approx(0.5, abs=1e-4)
     table = capsys.readouterr().out
-    assert "| 30 | yolov8n | student | none | linear |  | 2 | 0.3100 +- 0.0141 |" in table
-    assert "| 100 | yolov8n | student | none | linear |  | 1 | 0.4000 +- 0.0000 |" in table
+    assert "| 30 | yolov8n | student | none | linear | cvkd |  | 2 | 0.3100 +- 0.0141 |" in table
+    assert "| 100 | yolov8n | student | none | linear | cvkd |  | 1 | 0.4000 +- 0.0000 |" in table
 
 
 def test_record_key_separates_schedules(bench):
     a, b = _row("student", "none", 30, 0, 0.3, "r1"), _row("student", "none", 100, 0, 0.4, "r2")
     assert bench.record_key(a) != bench.record_key(b)
+
+
+def test_each_pipeline_and_tool_has_its_own_baseline(bench):
+    rows = [
+        _row("teacher", "none", 30, 0, 0.40, "runs/t"), _row("student", "none", 30, 0, 0.30, "runs/s"),
+        _row("student", "none", 30, 0, 0.36, "runs/s_ul", pipeline="ultralytics"),
+        _row("distilled", "all_sw", 30, 0, 0.38, "runs/kd_ul", "runs/t", pipeline="ultralytics"),
+        _row("student", "ultralytics_none", 30, 0, 0.35, "runs/u"),  # old rows: no pipeline, ultralytics implied
+        _row("distilled", "ultralytics_kd", 30, 0, 0.36, "runs/ukd", "runs/t"),
+    ]
+    bench.write_table({bench.record_key(r): r for r in rows})
+    with bench.RESULTS.open() as f:
+        got = {r["method"]: r for r in csv.DictReader(f) if r["role"] == "distilled"}
+    assert float(got["all_sw"]["gap_closed"]) == pytest.approx((0.38 - 0.36) / (0.40 - 0.36), abs=1e-4)
+    assert float(got["ultralytics_kd"]["gap_closed"]) == pytest.approx((0.36 - 0.35) / (0.40 - 0.35), abs=1e-4)
+    assert got["ultralytics_kd"]["pipeline"] == "ultralytics"

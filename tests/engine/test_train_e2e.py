@@ -161,3 +161,30 @@ def test_pseudo_labelled_and_unlabelled_data(tmp_path, tiny_run):
     assert "extra training set" in log and "unlabeled frames for soft KD: 2" in log
     r = run_tool("train.py", [*tiny_run, "name=bad", f"data.unlabeled=['{unl}']"])
     assert r.returncode == 2 and "data.unlabeled needs KD terms" in r.stderr
+
+
+def test_distill_on_ultralytics_pipeline(tmp_path, tiny_run):
+    """data.pipeline=ultralytics: the YOLO label view matches the json, and a distillation run trains on it."""
+    from cvkd.data import load_coco
+
+    teacher = _teacher(tmp_path)
+    r = run_tool("distill.py", [*tiny_run, "name=ul", "train.epochs=2", f"kd.teacher={teacher}", "kd.logit=1",
+                                "kd.feature=1", "kd.box=1", "data.pipeline=ultralytics"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    run = tmp_path / "runs" / "ul"
+    rows = _rows(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for key in ("loss_box", "loss_cls", "loss_kd_logit", "loss_kd_feature", "loss_kd_box", "map"):
+        assert math.isfinite(float(rows[-1][key])), key
+    train = load_coco(tmp_path / "train.json", ROOT / "datasets" / "cctv_mini" / "images" / "train",
+                      {"0": "person", "1": "person"})
+    labels = sorted((run / "ultralytics_data" / "labels").glob("*.txt"))
+    assert len(labels) == len(train.images) == 3
+    for label, rec in zip(labels, train.images):
+        assert label.stem.endswith(Path(rec.file_name).stem)
+        got = [list(map(float, line.split())) for line in label.read_text().splitlines()]
+        x, y, w, h = rec.bbox[0]
+        assert len(got) == len(rec.labels) and got[0][0] == rec.labels[0]
+        assert got[0][1:] == [round((x + w / 2) / rec.width, 6), round((y + h / 2) / rec.height, 6),
+                              round(w / rec.width, 6), round(h / rec.height, 6)]
+    assert "pipeline: ultralytics" in (run / "config.yaml").read_text()
