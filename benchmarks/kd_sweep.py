@@ -51,6 +51,9 @@ SETTINGS = {
     "feature_mask_all": ["kd.feature_mask=all"],
     "feature_p3_only": ["kd.feature_levels=[0]"],
     "no_feature": ["kd.feature=0"],
+    # scale-free feature term: PKD's per-channel standardised maps under the same teacher-score mask (weight 6, as
+    # the PKD paper's detectors use), against the raw-feature hint loss whose size follows the teacher's features
+    "feature_pkd": ["kd.feature_loss=pkd", "kd.feature=6.0"],
     "box_t4": ["kd.box_t=4.0"],
     "no_box": ["kd.box=0"],
 }
