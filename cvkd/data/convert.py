@@ -194,6 +194,17 @@ def convert_yolo(source: str | Path, out_dir: str | Path, val_fraction: float | 
     return out
 
 
+def yolo_label_text(r) -> str:
+    """One image's YOLO label file (an :class:`ImageRecord`): ``class cx cy w h`` per non-crowd box, normalised by the
+    image size; empty for a background image."""
+    lines = []
+    for (x, y, w, h), k, is_crowd in zip(r.bbox.tolist(), r.labels.tolist(), r.iscrowd.tolist()):
+        if not is_crowd:
+            vals = ((x + w / 2) / r.width, (y + h / 2) / r.height, w / r.width, h / r.height)
+            lines.append(f"{k} " + " ".join(repr(float(v)) for v in vals) + "\n")
+    return "".join(lines)
+
+
 def coco_to_yolo(json_path: str | Path, out_dir: str | Path) -> list[str]:
     """COCO json -> one YOLO ``.txt`` per image under ``out_dir`` (empty for background images); returns class names.
 
@@ -204,20 +215,15 @@ def coco_to_yolo(json_path: str | Path, out_dir: str | Path) -> list[str]:
     out_dir = Path(out_dir)
     crowd = 0
     for r in data.images:
-        lines = []
-        for (x, y, w, h), k, is_crowd in zip(r.bbox.tolist(), r.labels.tolist(), r.iscrowd.tolist()):
-            crowd += int(is_crowd)
-            if not is_crowd:
-                vals = ((x + w / 2) / r.width, (y + h / 2) / r.height, w / r.width, h / r.height)
-                lines.append(f"{k} " + " ".join(repr(float(v)) for v in vals) + "\n")
+        crowd += int(r.iscrowd.sum())
         p = (out_dir / r.file_name).with_suffix(".txt")
         p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text("".join(lines), encoding="utf-8")
+        p.write_text(yolo_label_text(r), encoding="utf-8")
     log.info(f"{json_path}: wrote {len(data)} label files to {out_dir} ({crowd} crowd annotations skipped)")
     return data.class_names
 
 
 __all__ = [
     "categories", "coco_to_yolo", "convert_yolo", "list_images", "labels_dir_for", "parse_yolo_line",
-    "pennfudan_to_coco", "read_yolo_yaml", "split_coco", "voc_to_coco", "write_json", "yolo_to_coco",
+    "pennfudan_to_coco", "read_yolo_yaml", "split_coco", "voc_to_coco", "write_json", "yolo_label_text", "yolo_to_coco",
 ]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .coco import CocoData
+from .convert import yolo_label_text
 
 log = logging.getLogger("cvkd")
 
@@ -32,10 +33,7 @@ def write_yolo_view(data: CocoData, root: Path) -> Path:
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(Path(r.path).resolve())
-        lines = [f"{k} {(x + w / 2) / r.width:.6f} {(y + h / 2) / r.height:.6f} {w / r.width:.6f} {h / r.height:.6f}\n"
-                 for (x, y, w, h), k, crowd in zip(r.bbox.tolist(), r.labels.tolist(), r.iscrowd.tolist())
-                 if not crowd and w > 0 and h > 0]
-        (labels / name).with_suffix(".txt").write_text("".join(lines), encoding="utf-8")
+        (labels / name).with_suffix(".txt").write_text(yolo_label_text(r), encoding="utf-8")
     for stale in root.glob("*.cache"):
         stale.unlink()  # ultralytics' label cache of an earlier call
     return images

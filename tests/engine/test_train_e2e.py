@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from cvkd.checkpoint import load_checkpoint, save_checkpoint
@@ -185,6 +186,6 @@ def test_distill_on_ultralytics_pipeline(tmp_path, tiny_run):
         got = [list(map(float, line.split())) for line in label.read_text().splitlines()]
         x, y, w, h = rec.bbox[0]
         assert len(got) == len(rec.labels) and got[0][0] == rec.labels[0]
-        assert got[0][1:] == [round((x + w / 2) / rec.width, 6), round((y + h / 2) / rec.height, 6),
-                              round(w / rec.width, 6), round(h / rec.height, 6)]
+        assert got[0][1:] == pytest.approx([(x + w / 2) / rec.width, (y + h / 2) / rec.height, w / rec.width,
+                                            h / rec.height], abs=1e-6)
     assert "pipeline: ultralytics" in (run / "config.yaml").read_text()
