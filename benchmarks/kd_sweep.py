@@ -54,6 +54,9 @@ SETTINGS = {
     # scale-free feature term: PKD's per-channel standardised maps under the same teacher-score mask (weight 6, as
     # the PKD paper's detectors use), against the raw-feature hint loss whose size follows the teacher's features
     "feature_pkd": ["kd.feature_loss=pkd", "kd.feature=6.0"],
+    # one score-weighted mean over the cells of all levels instead of the mean of per-level means (P4/P5, where the
+    # teacher is confident nowhere, stop taking 2/3 of the term); weight 6 keeps the P3 term's weight (18 / 3)
+    "feature_joint": ["kd.feature_norm=joint", "kd.feature=6.0"],
     "box_t4": ["kd.box_t=4.0"],
     "no_box": ["kd.box=0"],
 }

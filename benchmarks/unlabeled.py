@@ -13,7 +13,9 @@ frames (`--epochs` over ~4x as many images). The `epochs` column says what each 
 - labeled: the student on the labelled part only;
 - hard: + the teacher's pseudo-labels of the unlabelled frames as extra training data (tools/pseudo_label.py);
 - soft: + soft KD (logit/feature/box terms) on the unlabelled frames, labelled part as usual;
-- both: hard + soft.
+- both: hard + soft;
+- soft_joint, both_joint: the same with the score-weighted feature hint normalised once over all pyramid levels
+  (kd.feature_norm=joint kd.feature=6), after `soft` diverged on seed 1 (docs/pseudo_labels.md).
 
     python benchmarks/unlabeled.py --seeds 0 1 2 --fraction 0.25 --epochs 30 --threads 1
     python benchmarks/unlabeled.py --table-only     # the table from the CSV
@@ -42,9 +44,13 @@ SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
 DATA = ROOT / "data" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "unlabeled.csv"
 COLUMNS = ["setting", "seed", "labeled_frames", "unlabeled_frames", "map", "ap50", "epochs", "imgsz", "run"]
-SETTINGS = ["teacher_labeled", "labeled", "hard", "soft", "both"]
+SETTINGS = ["teacher_labeled", "labeled", "hard", "soft", "both", "soft_joint", "both_joint"]
 # soft KD uses configs/cctv_distill.yaml as it is (the all_sw recipe of benchmarks/cctv_distill.py): its feature
-# mask is the teacher's own score, so it needs no ground truth on the unlabelled frames
+# mask is the teacher's own score, so it needs no ground truth on the unlabelled frames. The *_joint rows normalise
+# that score-weighted hint once over all levels (kd.feature_norm=joint) instead of averaging per-level means, which
+# gave P4/P5 (where the teacher is confident nowhere on this set) a full share each; kd.feature=6 keeps the weight of
+# the P3 term (18 / 3 levels) as it was. docs/pseudo_labels.md has the measurement that led to it.
+JOINT = ["kd.feature_norm=joint", "kd.feature=6.0"]
 
 
 def frame_of(file_name: str) -> str:
@@ -154,16 +160,19 @@ def main() -> None:
         data = [f"data.train_json={lab}"]
         n_all = n_lab + n_unl
         long = round(args.epochs * n_all / n_lab)  # labelled part only: as many steps as args.epochs over all frames
-        epochs = {"teacher_labeled": long, "labeled": long, "hard": args.epochs, "soft": long, "both": args.epochs}
-        teacher = train(args, "train.py", "cctv_teacher.yaml", f"teacher_labeled_s{seed}", seed, data, long)
+        epochs = {"teacher_labeled": long, "labeled": long, "hard": args.epochs, "soft": long, "both": args.epochs,
+                  "soft_joint": long, "both_joint": args.epochs}
+        teacher = Path(args.out) / f"teacher_labeled_s{seed}"
+        if set(args.settings) - {"labeled"}:  # every other row needs the teacher trained on the labelled part
+            teacher = train(args, "train.py", "cctv_teacher.yaml", f"teacher_labeled_s{seed}", seed, data, long)
         pseudo_dir = Path(args.out) / f"pseudo_s{seed}"
-        if any(s in args.settings for s in ("hard", "both")) and not (pseudo_dir / "pseudo.json").is_file():
+        if any(s in args.settings for s in ("hard", "both", "both_joint")) and not (pseudo_dir / "pseudo.json").is_file():
             subprocess.run([sys.executable, str(ROOT / "tools" / "pseudo_label.py"), str(unl), "--teacher",
                             str(teacher / "final.pt"), "--out", str(pseudo_dir), "--imgsz", str(args.imgsz),
                             "--conf", "0.25"], check=True)
         hard = [f"data.extra_train=[{{json: '{pseudo_dir / 'pseudo.json'}', images: '{unl}'}}]"]
         soft = [f"kd.teacher={teacher / 'final.pt'}", f"data.unlabeled=['{unl}']"]
-        runs = {"teacher_labeled": teacher}
+        runs = {"teacher_labeled": teacher} if finished(teacher, long) else {}
         for setting in args.settings:
             if setting == "labeled":
                 runs[setting] = train(args, "train.py", "cctv_student.yaml", f"labeled_s{seed}", seed, data,
@@ -177,6 +186,12 @@ def main() -> None:
             elif setting == "both":
                 runs[setting] = train(args, "distill.py", "cctv_distill.yaml", f"both_s{seed}", seed,
                                       data + hard + soft, epochs[setting])
+            elif setting == "soft_joint":
+                runs[setting] = train(args, "distill.py", "cctv_distill.yaml", f"soft_joint_s{seed}", seed,
+                                      data + soft + JOINT, epochs[setting])
+            elif setting == "both_joint":
+                runs[setting] = train(args, "distill.py", "cctv_distill.yaml", f"both_joint_s{seed}", seed,
+                                      data + hard + soft + JOINT, epochs[setting])
         for setting, run in runs.items():
             r = read_rows(run / "results.csv")[-1]
             table[(setting, seed)] = {"setting": setting, "seed": seed, "labeled_frames": n_lab,
@@ -184,6 +199,10 @@ def main() -> None:
                                       "map": r["map"], "ap50": r["ap50"], "epochs": epochs[setting],
                                       "imgsz": args.imgsz, "run": os.path.relpath(run, ROOT)}
         results.parent.mkdir(parents=True, exist_ok=True)
+        if results.is_file():  # merge: another instance (other seeds or settings) may have written rows meanwhile
+            with results.open() as f:
+                table = {**{(r["setting"], int(r["seed"])): r for r in csv.DictReader(f)},
+                         **{k: v for k, v in table.items() if k[1] == seed or k[0] == "teacher_all"}}
         with results.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()

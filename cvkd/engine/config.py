@@ -93,6 +93,9 @@ class KDConfig:
         "all", "spatial mask of hint/PKD: all cells, GT boxes, teacher attention, teacher's max class score per cell")
     feature_adapter: Literal["conv", "mlp"] = opt("conv", "student-to-teacher feature adapter: 1x1 conv or 1x1-ReLU-1x1")
     feature_bg: float = opt(1.0, "background weight of the hint loss with feature_mask=gt")
+    feature_norm: Literal["level", "joint"] = opt(
+        "level", "hint/PKD over pyramid levels: mean of per-level masked means, or one masked mean over the cells of "
+        "all levels (joint: a level where the teacher-score mask is ~0 everywhere weighs ~0, docs/pseudo_labels.md)")
     feature_t: float = opt(1.0, "temperature of CWD (e.g. 4) / FGD attention (e.g. 0.5)")
     feature_levels: list[int] = opt([0, 1, 2], "student pyramid levels to distil (matched to the teacher by stride)")
     box: float = opt(0.0, "weight of the box KD term (0 = off)")
@@ -127,6 +130,8 @@ class RunConfig:
         if self.data.unlabeled and not uses_kd:
             raise ConfigError("data.unlabeled needs KD terms (kd.logit/feature/box > 0) and a teacher: "
                               "unlabelled frames train only through distillation")
+        if self.kd.feature_norm == "joint" and self.kd.feature_loss not in ("hint", "pkd"):
+            raise ConfigError(f"kd.feature_norm=joint applies to kd.feature_loss=hint or pkd, not {self.kd.feature_loss}")
         for name in ("logit", "feature", "box"):
             if getattr(self.kd, name) < 0:
                 raise ConfigError(f"kd.{name} must be >= 0")

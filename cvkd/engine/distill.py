@@ -17,10 +17,11 @@ from ..losses import (
     box_mask,
     cwd_loss,
     distribution_kd,
-    feature_hint,
+    feature_hint_levels,
     fgd_loss,
+    hint_parts,
     iou_imitation,
-    pkd_loss,
+    pkd_parts,
     sigmoid_kd,
     teacher_bounded_l2,
     teacher_score_weights,
@@ -133,7 +134,7 @@ class Distiller(nn.Module):
         if cfg.feature > 0:
             boxes = batch["bboxes"].to(z_s.device).float()
             bidx = batch["batch_idx"].to(z_s.device)
-            level_losses = []
+            level_losses, level_parts = [], []  # per-level losses; (numerator, denominator) of hint/PKD levels
             for (ls, lt), adapter in zip(self.feature_pairs, self.adapters):
                 f_t = out_t.feats[lt]
                 f_s = adapter(out_s.feats[ls], f_t.shape[-2:])  # (B, C_t, H_t, W_t)
@@ -153,10 +154,14 @@ class Distiller(nn.Module):
                         sl = _level_slices(out_t.level_sizes)[lt]
                         mask = teacher_score_weights(out_t.cls_logits[:, sl]).reshape(B, *f_t.shape[-2:])  # (B, H, W)
                     if cfg.feature_loss == "hint":
-                        level_losses.append(feature_hint(f_s, f_t, mask, fg_map, cfg.feature_bg))
+                        parts = hint_parts(f_s, f_t, mask, fg_map, cfg.feature_bg)
                     else:
-                        level_losses.append(pkd_loss(f_s, f_t, mask if fg_map is None else fg_map))
-            terms["feature"] = cfg.feature * torch.stack(level_losses).mean()
+                        parts = pkd_parts(f_s, f_t, mask if fg_map is None else fg_map)
+                    level_parts.append(parts)
+                    level_losses.append(parts[0] / parts[1].clamp_min(1e-12))
+            joint = cfg.feature_norm == "joint" and level_parts
+            feature = feature_hint_levels(level_parts) if joint else torch.stack(level_losses).mean()
+            terms["feature"] = cfg.feature * feature
 
         if cfg.box > 0:
             region = fg.float() if cfg.box_region == "fg" else score_t

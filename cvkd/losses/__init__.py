@@ -6,8 +6,11 @@ from .feature_kd import (
     box_mask,
     cwd_loss,
     feature_hint,
+    feature_hint_levels,
     fgd_loss,
+    hint_parts,
     pkd_loss,
+    pkd_parts,
     pkd_normalize,
     resize_to,
 )
@@ -21,6 +24,6 @@ from .logit_kd import (
 
 __all__ = [
     "DIVERGENCES", "HintAdapter", "attention_masks", "box_mask", "cwd_loss", "dfl_expectation", "distribution_kd",
-    "feature_hint", "fgd_loss", "iou_imitation", "kd_divergence", "logit_kd", "pkd_loss", "pkd_normalize",
-    "resize_to", "sigmoid_kd", "teacher_bounded_l2", "teacher_score_weights",
+    "feature_hint", "feature_hint_levels", "fgd_loss", "hint_parts", "iou_imitation", "kd_divergence", "logit_kd",
+    "pkd_loss", "pkd_normalize", "pkd_parts", "resize_to", "sigmoid_kd", "teacher_bounded_l2", "teacher_score_weights",
 ]

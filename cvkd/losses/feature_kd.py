@@ -86,6 +86,21 @@ def attention_masks(f_t: Tensor, temperature: float = 0.5, detach: bool = True) 
     return spatial, channel
 
 
+def hint_parts(
+    f_s: Tensor, f_t: Tensor, mask: Tensor | None = None, fg_mask: Tensor | None = None, bg_weight: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Numerator and denominator of :func:`feature_hint`: ``sum w * mean_c (f_s - f_t)^2`` and ``sum w``, so that
+    several pyramid levels can share one normalisation (:func:`feature_hint_levels`). Arguments as there."""
+    if f_s.shape != f_t.shape:
+        raise ValueError(f"feature shapes differ: student {tuple(f_s.shape)} vs teacher {tuple(f_t.shape)}")
+    sq = (f_s.float() - f_t.detach().float()).pow(2).mean(1)  # (B, H, W) mean over channels
+    w = torch.ones_like(sq) if mask is None else mask.detach().float()  # (B, H, W)
+    if fg_mask is not None:
+        fg = fg_mask.detach().float()
+        w = w * (fg + bg_weight * (1.0 - fg))
+    return (sq * w).sum(), w.sum()
+
+
 def feature_hint(
     f_s: Tensor, f_t: Tensor, mask: Tensor | None = None, fg_mask: Tensor | None = None, bg_weight: float = 1.0
 ) -> Tensor:
@@ -101,14 +116,20 @@ def feature_hint(
     Returns:
         Scalar loss (fp32).
     """
-    if f_s.shape != f_t.shape:
-        raise ValueError(f"feature shapes differ: student {tuple(f_s.shape)} vs teacher {tuple(f_t.shape)}")
-    sq = (f_s.float() - f_t.detach().float()).pow(2).mean(1)  # (B, H, W) mean over channels
-    w = torch.ones_like(sq) if mask is None else mask.detach().float()
-    if fg_mask is not None:
-        fg = fg_mask.detach().float()
-        w = w * (fg + bg_weight * (1.0 - fg))
-    return (sq * w).sum() / w.sum().clamp_min(1e-12)
+    num, den = hint_parts(f_s, f_t, mask, fg_mask, bg_weight)
+    return num / den.clamp_min(1e-12)
+
+
+def feature_hint_levels(parts: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """One weighted mean over the cells of all levels: ``sum_l num_l / sum_l den_l`` from :func:`hint_parts`.
+
+    With a teacher-score mask this weighs each cell by the teacher's confidence whatever its level, so a level where
+    the teacher is confident nowhere weighs (almost) nothing. Averaging per-level means instead gives such a level a
+    full share, spent on a handful of near-zero-weight cells: one outlier cell of the teacher then dominates the term.
+    """
+    num = torch.stack([p[0] for p in parts]).sum()
+    den = torch.stack([p[1] for p in parts]).sum()
+    return num / den.clamp_min(1e-12)
 
 
 def fgd_loss(
@@ -179,3 +200,9 @@ def pkd_loss(f_s: Tensor, f_t: Tensor, mask: Tensor | None = None) -> Tensor:
         f_s, f_t: (B, C, H, W). mask: optional (B, H, W) spatial weights.
     """
     return 0.5 * feature_hint(pkd_normalize(f_s.float()), pkd_normalize(f_t.detach().float()), mask)
+
+
+def pkd_parts(f_s: Tensor, f_t: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`pkd_loss` as numerator and denominator, for :func:`feature_hint_levels`."""
+    num, den = hint_parts(pkd_normalize(f_s.float()), pkd_normalize(f_t.detach().float()), mask)
+    return 0.5 * num, den

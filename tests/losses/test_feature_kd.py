@@ -7,8 +7,11 @@ from cvkd.losses import (
     box_mask,
     cwd_loss,
     feature_hint,
+    feature_hint_levels,
     fgd_loss,
+    hint_parts,
     pkd_loss,
+    pkd_parts,
     resize_to,
 )
 
@@ -32,6 +35,25 @@ def test_hint_masks_and_background_weight():
     assert f_s.grad[0, 0, 0, 0] != 0 and torch.all(f_s.grad[0, 0].flatten()[1:] == 0)
     # background weight 0.5: (1*1 + 0.5*(4+9+16)) / (1 + 0.5*3)
     assert feature_hint(f_s, f_t, fg_mask=fg, bg_weight=0.5).item() == pytest.approx((1 + 0.5 * 29) / 2.5)
+
+
+def test_hint_levels_one_normalisation_over_levels():
+    # level A: 4 cells of weight 1, squared error 1 each; level B: 1 cell of weight 0.01 with squared error 100
+    f_t_a, f_s_a = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    f_t_b, f_s_b = torch.zeros(1, 1, 1, 1), torch.full((1, 1, 1, 1), 10.0, requires_grad=True)
+    parts = [hint_parts(f_s_a, f_t_a), hint_parts(f_s_b, f_t_b, torch.full((1, 1, 1), 0.01))]
+    joint = feature_hint_levels(parts)
+    assert joint.item() == pytest.approx((4 * 1.0 + 0.01 * 100) / 4.01)
+    # the per-level mean gives the near-empty level a full half share: (1 + 100) / 2
+    per_level = torch.stack([n / d for n, d in parts]).mean()
+    assert per_level.item() == pytest.approx(50.5)
+    assert feature_hint(f_s_a, f_t_a).item() == pytest.approx((parts[0][0] / parts[0][1]).item())
+    joint.backward()
+    assert f_s_b.grad.item() == pytest.approx(0.01 * 2 * 10 / 4.01)
+    # PKD parts: scale-free, zero on a scaled copy
+    f = torch.randn(2, 3, 4, 4)
+    assert feature_hint_levels([pkd_parts(f, 7 * f + 1)]).item() < 1e-6
+    assert feature_hint_levels([pkd_parts(f, f.flip(-1))]).item() == pytest.approx(pkd_loss(f, f.flip(-1)).item())
 
 
 def test_adapter_resizes_and_gets_gradient():

@@ -1,3 +1,4 @@
+from dataclasses import replace
 import socket
 
 import pytest
@@ -186,6 +187,19 @@ def test_teacher_score_mask_and_mlp_adapter():
     assert torch.allclose(loss, torch.stack(expected).mean(), rtol=1e-5)
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for a in dist.adapters for p in a.parameters())
+    # feature_norm=joint: one score-weighted mean over the cells of all levels
+    joint = Distiller(replace(kd, feature_norm="joint"), s, t, IMG)
+    joint.adapters.load_state_dict(dist.adapters.state_dict())
+    num = den = 0.0
+    start = 0
+    for lvl, (f_s, f_t) in enumerate(zip(out_s.feats, out_t.feats)):
+        n = f_t.shape[-2] * f_t.shape[-1]
+        score = out_t.cls_logits[:, start:start + n].sigmoid().amax(-1).reshape(2, *f_t.shape[-2:])  # (B, H, W)
+        start += n
+        num = num + ((joint.adapters[lvl](f_s) - f_t).pow(2).mean(1) * score).sum()
+        den = den + score.sum()
+    loss_joint = joint(out_s, out_t, assign, _batch())["feature"]
+    assert torch.allclose(loss_joint, num / den, rtol=1e-5)
 
 
 def test_bf16_teacher_forward_matches_fp32_and_feeds_every_term():
