@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Trace the feature-hint term per pyramid level during the first steps of a distillation run.
 
-A diagnostic for a diverging feature term: it runs `tools/distill.py` with the given arguments, records every call of
-the hint (or PKD) term for `--steps` training steps, then stops and prints, per level: the mask weight per image, the
-median and largest per-level loss, the teacher's largest |feature|, and the largest share of one cell in the level's
-loss. A level whose mask is ~0 everywhere but whose loss is as large as the others' is what `kd.feature_norm=joint`
-is for (docs/pseudo_labels.md).
+A diagnostic for a diverging feature term: it runs `tools/distill.py` with the given arguments, records every call
+of the hint term (`kd.feature_loss=hint`) for `--steps` training steps, then stops and prints, per level: the mask
+weight per image, the median and largest per-level loss, the teacher's largest |feature|, and the largest share of
+one cell in the level's loss. A level whose mask is ~0 everywhere but whose loss is as large as the others' is what
+`kd.feature_norm=joint` is for (docs/pseudo_labels.md).
 
     python benchmarks/feature_levels.py --steps 40 --csv runs/trace.csv -- -c configs/cctv_distill.yaml \\
         kd.teacher=runs/bench_unlabeled/teacher_labeled_s1/final.pt out=runs/trace name=soft_s1 ...
@@ -68,8 +68,11 @@ def main() -> None:
         runpy.run_path(sys.argv[0], run_name="__main__")
     except StopTrace:
         pass
+    except SystemExit as e:  # the run ended (or failed) before --steps steps were traced
+        if e.code not in (0, None):
+            raise
     if not rows:
-        sys.exit("error: no hint/PKD feature term was computed (kd.feature > 0 with kd.feature_loss=hint or pkd?)")
+        sys.exit("error: no feature hint term was computed (needs kd.feature > 0 and kd.feature_loss=hint)")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
