@@ -86,3 +86,11 @@ def test_resume_ignores_an_invalid_base_config(tmp_path):
     (run / "config.yaml").write_text("kd:\n  logit: 1.0\n  teacher: t.pt\n")
     cfg = resolve_run_config(RunConfig, str(base), [f"resume={run}", "train.epochs=7"])
     assert (cfg.kd.teacher, cfg.train.epochs, cfg.resume) == ("t.pt", 7, str(run))
+
+
+def test_joint_feature_norm_needs_hint_or_pkd():
+    from cvkd.engine.config import KDConfig, RunConfig
+
+    RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_loss="pkd", feature_norm="joint")).check()
+    with pytest.raises(ConfigError, match="kd.feature_norm=joint applies to kd.feature_loss=hint or pkd, not cwd"):
+        RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_loss="cwd", feature_norm="joint")).check()
