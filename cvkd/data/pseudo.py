@@ -10,11 +10,9 @@ the next source frame and everything kept so far; a later run with the same argu
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,10 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .convert import IMAGE_EXTS, list_images, write_json
+from .convert import write_json
 from .convert_pascal import categories
 from .errors import DataError
-from .images import check_image, read_rgb
+from .frames import THUMB, FrameSource, iter_frames, open_source, thumb
 from .transforms import letterbox, unletterbox_boxes
 
 log = logging.getLogger("cvkd")
@@ -34,7 +32,6 @@ log = logging.getLogger("cvkd")
 JSON_FILE = "pseudo.json"
 STATE_FILE = "pseudo_state.json"
 STATE_VERSION = 1
-THUMB = (64, 64)  # (w, h) of the grayscale copy compared by min_change
 JPEG_QUALITY = 95
 MIN_BOX = 1.0  # pixels: boxes narrower or lower than this after clipping to the image are dropped (counted)
 
@@ -65,17 +62,6 @@ class PseudoResult:
     next_frame: int  # first source frame not processed yet
     done: bool  # False: stopped by max_frames; run again to continue
     counts: dict[str, int]  # selected (looked at), static (dropped by min_change), bad (skipped), small (boxes dropped)
-
-
-@dataclass
-class _Source:
-    path: Path
-    video: bool
-    total: int | None  # number of frames/images (None: the video does not say)
-    signature: str  # changes when the source changes (resume check)
-    image_root: Path
-    files: list[Path] = field(default_factory=list)
-    cap: cv2.VideoCapture | None = None
 
 
 def parse_class_conf(spec: str | None) -> dict[str, float]:
@@ -118,28 +104,7 @@ def _thresholds(opts: PseudoOptions, names: list[str]) -> torch.Tensor:
     return torch.tensor([opts.class_conf.get(n, opts.conf) for n in names], dtype=torch.float32)
 
 
-def _open_source(path: Path, out_dir: Path) -> _Source:
-    """An image folder (sorted, recursive) or a video file; one-line errors when missing, unopenable or empty."""
-    if not path.exists():
-        raise DataError(f"source {path} not found (give an image folder or a video file)")
-    if path.is_dir():
-        files = list_images(path)
-        if not files:
-            raise DataError(f"{path}: no images found ({', '.join(IMAGE_EXTS)})")
-        names = "\n".join(p.relative_to(path).as_posix() for p in files)
-        sig = f"{len(files)} files {hashlib.sha1(names.encode()).hexdigest()[:12]}"
-        return _Source(path, False, len(files), sig, path, files=files)
-    if path.suffix.lower() in IMAGE_EXTS:
-        raise DataError(f"{path}: a single image; give the folder holding it")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise DataError(f"{path}: cannot open the video (not a video, unsupported codec or corrupt)")
-    n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-    st = path.stat()
-    return _Source(path, True, n if n > 0 else None, f"{st.st_size} bytes {st.st_mtime_ns}", out_dir / "images", cap=cap)
-
-
-def _fingerprint(src: _Source, teacher: Path, opts: PseudoOptions) -> dict:
+def _fingerprint(src: FrameSource, teacher: Path, opts: PseudoOptions) -> dict:
     """The arguments a resumed run must share with the run that wrote the state."""
     st = teacher.stat()
     return {"source": str(src.path.resolve()), "source_files": src.signature, "teacher": str(teacher.resolve()),
@@ -148,42 +113,8 @@ def _fingerprint(src: _Source, teacher: Path, opts: PseudoOptions) -> dict:
             "every": opts.every, "min_change": opts.min_change}
 
 
-def _frames(src: _Source, start: int, stop: int | None, opts: PseudoOptions,
-            counts: dict) -> Iterator[tuple[int, np.ndarray | None, str]]:
-    """(source index, RGB frame or None when not selected / skipped as bad, file_name) for frames start..stop-1."""
-    if not src.video:
-        for i in range(start, src.total if stop is None else min(stop, src.total)):
-            path = src.files[i]
-            name = path.relative_to(src.path).as_posix()
-            if i % opts.every:
-                yield i, None, name
-                continue
-            try:  # decode first: after ultralytics is imported, PIL (check_image) fails oddly on non-images
-                rgb = read_rgb(path)
-                check_image(path, None, str(src.path))  # truncated JPEG, PNG CRC
-            except DataError as e:
-                if not opts.skip_bad:
-                    raise DataError(f"{e} (pass --skip-bad to skip unreadable images)") from None
-                counts["bad"] += 1
-                log.warning(f"skipped: {e}")
-                rgb = None
-            yield i, rgb, name
-        return
-    for i in range(start):  # frames an earlier run already processed (grab: no decoding to an image)
-        if not src.cap.grab():
-            raise DataError(f"{src.path}: the video ends at frame {i} but the saved state is at frame {start}; "
-                            "pass --restart")
-    i = start
-    while stop is None or i < stop:
-        ok, bgr = (src.cap.grab(), None) if i % opts.every else src.cap.read()
-        if not ok:
-            return
-        yield i, None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), f"{src.path.stem}_{i:06d}.jpg"
-        i += 1
-
-
 def _label(model, buf: list[tuple[int, np.ndarray, str]], thr: torch.Tensor, opts: PseudoOptions,
-           device: str | torch.device, src: _Source, state: dict) -> None:
+           device: str | torch.device, src: FrameSource, state: dict) -> None:
     """Run the teacher on the buffered frames; append their images (video: write the JPEGs) and boxes to ``state``."""
     boxed = [letterbox(rgb, opts.imgsz) for _, rgb, _ in buf]  # (S, S, 3), r, (pad_x, pad_y)
     x = torch.from_numpy(np.stack([b[0] for b in boxed])).to(device).permute(0, 3, 1, 2).float() / 255  # (B, 3, S, S)
@@ -215,11 +146,6 @@ def _label(model, buf: list[tuple[int, np.ndarray, str]], thr: torch.Tensor, opt
         counts["negatives"] += int(len(anns) == n0)
 
 
-def _thumb(rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) RGB -> (64, 64) uint8 grayscale, area-averaged (what min_change compares)."""
-    return cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), THUMB, interpolation=cv2.INTER_AREA)
-
-
 def _save_state(path: Path, state: dict) -> None:
     """Atomic write (temp file + rename): a run killed mid-save keeps the previous state."""
     tmp = path.with_name(path.name + ".tmp")
@@ -245,7 +171,7 @@ def _load_state(path: Path, fp: dict) -> dict | None:
     return state
 
 
-def _clear(out_dir: Path, src: _Source) -> None:
+def _clear(out_dir: Path, src: FrameSource) -> None:
     """Forget an earlier run: its state, json and (video) extracted frames."""
     for p in (out_dir / STATE_FILE, out_dir / JSON_FILE):
         p.unlink(missing_ok=True)
@@ -269,7 +195,7 @@ def pseudo_label(source: str | Path, teacher: str | Path, out_dir: str | Path, o
     if not (opts.conf >= 0 and opts.min_change >= 0):
         raise DataError(f"conf and min_change must be >= 0 (got {opts.conf}, {opts.min_change})")
     source, teacher, out_dir = Path(source), Path(teacher), Path(out_dir)
-    src = _open_source(source, out_dir)
+    src = open_source(source, out_dir)
     try:
         model = load_teacher(teacher, device)
         thr = _thresholds(opts, list(model.class_names))
@@ -305,7 +231,7 @@ def pseudo_label(source: str | Path, teacher: str | Path, out_dir: str | Path, o
                         state["next_frame"], state["done"], dict(c))
 
 
-def _run(model, src: _Source, thr: torch.Tensor, opts: PseudoOptions, device, state: dict, state_path: Path,
+def _run(model, src: FrameSource, thr: torch.Tensor, opts: PseudoOptions, device, state: dict, state_path: Path,
          max_frames: int | None, progress: bool) -> None:
     """The frame loop: select, batch, label; the state advances (and is saved) only when no frame is pending."""
     start, counts = state["next_frame"], state["counts"]
@@ -316,15 +242,15 @@ def _run(model, src: _Source, thr: torch.Tensor, opts: PseudoOptions, device, st
     bar = tqdm(total=total, initial=start, unit="frame", desc=f"pseudo-labelling {src.path.name}",
                disable=not progress, mininterval=1)
     nxt = start
-    for i, rgb, name in _frames(src, start, max_frames, opts, counts):
+    for i, rgb, name in iter_frames(src, start, max_frames, opts.every, opts.skip_bad, counts):
         nxt = i + 1
         if rgb is not None:
             counts["selected"] += 1
-            thumb = _thumb(rgb) if opts.min_change > 0 else None
-            if thumb is not None and last is not None and np.abs(thumb.astype(np.int16) - last).mean() < opts.min_change:
+            small = thumb(rgb) if opts.min_change > 0 else None  # (64, 64) grayscale
+            if small is not None and last is not None and np.abs(small.astype(np.int16) - last).mean() < opts.min_change:
                 counts["static"] += 1
             else:
-                last = thumb
+                last = small
                 buf.append((i, rgb, name))
         if len(buf) >= opts.batch:
             _label(model, buf, thr, opts, device, src, state)
