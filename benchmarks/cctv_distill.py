@@ -311,10 +311,10 @@ def main() -> None:
     interp_args = [f"data.train_interp={args.interp}"]
     pipe_args = [f"data.pipeline={args.pipeline}"]
     student_args = [] if args.student == DEFAULT_STUDENT else [f"model.name={args.student}"]
-    teacher_run = run_cvkd(args, "train.py", "cctv_teacher.yaml", run_name("teacher", 0, args.interp), 0, interp_args)
-    t = score_cvkd(teacher_run, args)
-    teacher_pt = teacher_run / "final.pt"
-    teacher_rel = os.path.relpath(teacher_run, ROOT)
+    teacher_run = Path(args.out) / run_name("teacher", 0, args.interp)
+    teacher_pt, teacher_rel = teacher_run / "final.pt", os.path.relpath(teacher_run, ROOT)
+    # the baselines need no teacher: `--rows student ultralytics_none` runs beside a process training it
+    needs_teacher = any(r == "teacher" or r in KD_ROWS or r == "ultralytics_kd" for r in args.rows)
 
     def add(rec: dict) -> None:
         nonlocal table
@@ -322,9 +322,12 @@ def main() -> None:
         table[record_key(rec)] = rec
         write_table(table)
 
-    add({"model": "yolov8s", "role": "teacher", "method": "none", "seed": 0, "imgsz": args.imgsz,
-         "epochs": args.epochs, "interp": args.interp, "pipeline": "cvkd", "teacher": "", "run": str(teacher_run),
-         **{k: v for k, v in t.items() if k != "model"}})
+    if needs_teacher:
+        run_cvkd(args, "train.py", "cctv_teacher.yaml", teacher_run.name, 0, interp_args)
+        t = score_cvkd(teacher_run, args)
+        add({"model": "yolov8s", "role": "teacher", "method": "none", "seed": 0, "imgsz": args.imgsz,
+             "epochs": args.epochs, "interp": args.interp, "pipeline": "cvkd", "teacher": "", "run": str(teacher_run),
+             **{k: v for k, v in t.items() if k != "model"}})
     for seed in args.seeds:
         for row in args.rows:
             t0 = time.time()
