@@ -229,7 +229,10 @@ def write_table(table: dict, last: int = 0) -> None:
 
     records = sorted(table.values(), key=order)
     by_base: dict = {}
-    teachers = {r["run"]: r for r in records if r["role"] == "teacher"}
+    # keyed by the run folder relative to the repo, as the KD rows name their teacher (a row added by this process
+    # still holds an absolute path)
+    teachers = {os.path.relpath(r["run"], ROOT) if os.path.isabs(str(r["run"])) else r["run"]: r
+                for r in records if r["role"] == "teacher"}
     for r in records:
         if r["role"] == "student":  # each tool's own baseline: cvkd (none) or ultralytics (ultralytics_none)
             by_base.setdefault((schedule(r), r["model"], r["method"], r.get("interp"), pipeline_of(r)),

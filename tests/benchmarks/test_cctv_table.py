@@ -65,3 +65,16 @@ def test_each_pipeline_and_tool_has_its_own_baseline(bench):
     assert float(got["all_sw"]["gap_closed"]) == pytest.approx((0.38 - 0.36) / (0.40 - 0.36), abs=1e-4)
     assert float(got["ultralytics_kd"]["gap_closed"]) == pytest.approx((0.36 - 0.35) / (0.40 - 0.35), abs=1e-4)
     assert got["ultralytics_kd"]["pipeline"] == "ultralytics"
+
+
+def test_gap_closed_when_the_teacher_row_holds_an_absolute_path(bench):
+    """A teacher row added by the running benchmark holds an absolute run path; the KD rows name it relative."""
+    rows = [
+        _row("teacher", "none", 30, 0, 0.40, str(bench.ROOT / "runs" / "t")),
+        _row("student", "none", 30, 0, 0.30, "runs/s"),
+        _row("distilled", "all_joint", 30, 0, 0.35, "runs/kd", "runs/t"),
+    ]
+    bench.write_table({bench.record_key(r): r for r in rows})
+    with bench.RESULTS.open() as f:
+        got = {r["role"]: r for r in csv.DictReader(f)}
+    assert float(got["distilled"]["gap_closed"]) == pytest.approx(0.5, abs=1e-4)
