@@ -1,6 +1,6 @@
 """What distillation adds to a training step: the CCTV student alone against the student plus the YOLOv8s teacher.
 
-Runs tools/train.py (configs/cctv_student.yaml) and tools/distill.py (configs/cctv_distill.yaml, the all_sw recipe)
+Runs tools/train.py (configs/cctv_student.yaml) and tools/distill.py (configs/cctv_distill.yaml as the all_sw recipe)
 for ``--steps`` steps of one epoch each, with the teacher's forward pass in fp32 and in bf16 + channels_last
 (``kd.teacher_precision``; bf16 only where the CPU has native bf16, else that row says so). Settings are interleaved
 ``--repeats`` times so that they share the machine's load alike; the table gives the median seconds per training
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from cctv_distill import ensure_data  # noqa: E402  (converts the CCTV set to COCO json once)
+from cctv_distill import ALL_SW, ensure_data  # noqa: E402  (converts the CCTV set to COCO json once)
 
 RESULTS = ROOT / "benchmarks" / "results" / "kd_step_cost.csv"
 COLUMNS = ["setting", "teacher_precision", "repeat", "steps", "sec_per_step", "threads", "device"]
@@ -45,7 +45,7 @@ def run_once(args, name: str, out: Path) -> float:
     cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config), f"out={out}",
            f"name={name}", "train.epochs=1", f"train.max_steps={args.steps}", f"train.threads={args.threads}"]
     if precision:
-        cmd += [f"kd.teacher={args.teacher}", f"kd.teacher_precision={precision}"]
+        cmd += [f"kd.teacher={args.teacher}", f"kd.teacher_precision={precision}", *ALL_SW]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"error: {name} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -38,14 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
-from cctv_distill import ensure_data  # noqa: E402
+from cctv_distill import ALL_SW, ensure_data  # noqa: E402
 
 SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
 DATA = ROOT / "data" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "unlabeled.csv"
 COLUMNS = ["setting", "seed", "labeled_frames", "unlabeled_frames", "map", "ap50", "epochs", "imgsz", "run"]
 SETTINGS = ["teacher_labeled", "labeled", "hard", "soft", "both", "soft_joint", "both_joint"]
-# soft KD uses configs/cctv_distill.yaml as it is (the all_sw recipe of benchmarks/cctv_distill.py): its feature
+# soft KD uses the all_sw recipe of benchmarks/cctv_distill.py (configs/cctv_distill.yaml + ALL_SW): its feature
 # mask is the teacher's own score, so it needs no ground truth on the unlabelled frames. The *_joint rows normalise
 # that score-weighted hint once over all levels (kd.feature_norm=joint) instead of averaging per-level means, which
 # gave P4/P5 (where the teacher is confident nowhere on this set) a full share each; kd.feature=6 keeps the weight of
@@ -171,7 +171,7 @@ def main() -> None:
                             str(teacher / "final.pt"), "--out", str(pseudo_dir), "--imgsz", str(args.imgsz),
                             "--conf", "0.25"], check=True)
         hard = [f"data.extra_train=[{{json: '{pseudo_dir / 'pseudo.json'}', images: '{unl}'}}]"]
-        soft = [f"kd.teacher={teacher / 'final.pt'}", f"data.unlabeled=['{unl}']"]
+        soft = [f"kd.teacher={teacher / 'final.pt'}", f"data.unlabeled=['{unl}']", *ALL_SW]
         runs = {"teacher_labeled": teacher} if finished(teacher, long) else {}
         for setting in args.settings:
             if setting == "labeled":

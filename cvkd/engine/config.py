@@ -92,7 +92,8 @@ class KDConfig:
     feature_mask: Literal["all", "gt", "attention", "teacher_score"] = opt(
         "all", "spatial mask of hint/PKD: all cells, GT boxes, teacher attention, teacher's max class score per cell")
     feature_adapter: Literal["conv", "mlp"] = opt("conv", "student-to-teacher feature adapter: 1x1 conv or 1x1-ReLU-1x1")
-    feature_bg: float = opt(1.0, "background weight of the hint loss with feature_mask=gt")
+    feature_bg: float = opt(0.5, "background weight of the hint loss with feature_mask=gt, in [0, 1) (foreground: 1; "
+                            "FGD weighs background half of foreground)")
     feature_norm: Literal["level", "joint"] = opt(
         "level", "hint/PKD over pyramid levels: mean of per-level masked means, or one masked mean over the cells of "
         "all levels (joint: a level where the teacher-score mask is ~0 everywhere weighs ~0, docs/pseudo_labels.md)")
@@ -132,6 +133,9 @@ class RunConfig:
                               "unlabelled frames train only through distillation")
         if self.kd.feature_norm == "joint" and self.kd.feature_loss not in ("hint", "pkd"):
             raise ConfigError(f"kd.feature_norm=joint applies to kd.feature_loss=hint or pkd, not {self.kd.feature_loss}")
+        if self.kd.feature_mask == "gt" and not 0 <= self.kd.feature_bg < 1:
+            raise ConfigError(f"kd.feature_bg must be in [0, 1) with kd.feature_mask=gt, got {self.kd.feature_bg} "
+                              "(1 weighs background like foreground: that is kd.feature_mask=all)")
         for name in ("logit", "feature", "box"):
             if getattr(self.kd, name) < 0:
                 raise ConfigError(f"kd.{name} must be >= 0")

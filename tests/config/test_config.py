@@ -94,3 +94,14 @@ def test_joint_feature_norm_needs_hint_or_pkd():
     RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_loss="pkd", feature_norm="joint")).check()
     with pytest.raises(ConfigError, match="kd.feature_norm=joint applies to kd.feature_loss=hint or pkd, not cwd"):
         RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_loss="cwd", feature_norm="joint")).check()
+
+
+def test_gt_feature_mask_needs_a_background_weight_below_one():
+    """feature_bg=1 with feature_mask=gt weighs every cell alike (the same as feature_mask=all): one-line error."""
+    from cvkd.engine.config import KDConfig, RunConfig
+
+    assert KDConfig().feature_bg == 0.5
+    RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_loss="hint", feature_mask="gt")).check()
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match=r"kd.feature_bg must be in \[0, 1\) with kd.feature_mask=gt"):
+            RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_mask="gt", feature_bg=bad)).check()

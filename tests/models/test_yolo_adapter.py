@@ -202,6 +202,32 @@ def test_teacher_score_mask_and_mlp_adapter():
     assert torch.allclose(loss_joint, num / den, rtol=1e-5)
 
 
+def test_gt_feature_mask_weighs_background_by_feature_bg():
+    """feature_mask=gt: cells inside GT boxes weigh 1, the others kd.feature_bg (default 0.5, as FGD), so the term is
+    not the unmasked mean (the old default of 1 made gt the same as feature_mask=all)."""
+    from cvkd.losses import box_mask
+
+    torch.manual_seed(0)
+    s = build_detector("yolov8n.yaml", ["person"]).train()
+    t = build_detector("yolov8s.yaml", ["person"]).eval()
+    kd = KDConfig(teacher="x", feature=1.0, feature_loss="hint", feature_mask="gt")
+    dist = Distiller(kd, s, t, IMG)
+    img = torch.rand(2, 3, IMG, IMG)
+    out_s, out_t = s(img), t(img)
+    _, _, assign = s.loss(out_s, _batch())
+    loss = dist(out_s, out_t, assign, _batch())["feature"]
+    expected, plain = [], []
+    boxes, bidx = _batch()["bboxes"], _batch()["batch_idx"]
+    for lvl, (f_s, f_t) in enumerate(zip(out_s.feats, out_t.feats)):
+        fg = box_mask(boxes, bidx, 2, f_t.shape[-2:], out_t.strides[lvl])  # (B, H, W)
+        w = fg + 0.5 * (1 - fg)
+        sq = (dist.adapters[lvl](f_s) - f_t).pow(2).mean(1)  # (B, H, W)
+        expected.append((sq * w).sum() / w.sum())
+        plain.append(sq.mean())
+    assert torch.allclose(loss, torch.stack(expected).mean(), rtol=1e-5)
+    assert not torch.allclose(loss, torch.stack(plain).mean(), rtol=1e-3)
+
+
 def test_bf16_teacher_forward_matches_fp32_and_feeds_every_term():
     """kd.teacher_precision: the bf16 + channels_last teacher pass returns contiguous fp32 outputs close to the fp32
     pass, carries no gradient, and every KD term computed from it is close to the fp32 one."""

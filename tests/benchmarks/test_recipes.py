@@ -1,0 +1,53 @@
+"""The benchmarks' KD recipes: every row resolves to a valid config, and the yaml's default recipe and the pinned
+earlier one are what the tables name (all_joint and all_sw of benchmarks/cctv_distill.py)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+YAML = ROOT / "configs" / "cctv_distill.yaml"
+
+
+@pytest.fixture()
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    for name in ("cctv_distill", "kd_sweep", "unlabeled"):
+        sys.modules.pop(name, None)
+    import cctv_distill
+    import kd_sweep
+
+    return cctv_distill, kd_sweep
+
+
+def _kd(overrides: list[str]):
+    from cvkd.config import load_config
+    from cvkd.engine.config import RunConfig
+
+    cfg = load_config(RunConfig, YAML, ["kd.teacher=t.pt", *overrides])
+    cfg.check()
+    return cfg.kd
+
+
+def test_yaml_holds_all_joint_and_all_sw_pins_the_earlier_recipe(bench):
+    cctv, _ = bench
+    assert _kd([]) == _kd([*cctv.KD_RESET, *cctv.KD_ROWS["all_joint"]])
+    assert _kd(cctv.ALL_SW) == _kd([*cctv.KD_RESET, *cctv.KD_ROWS["all_sw"]])
+    assert _kd([]) != _kd(cctv.ALL_SW)
+
+
+def test_every_benchmark_row_and_sweep_setting_resolves(bench):
+    cctv, sweep = bench
+    for row, extra in cctv.KD_ROWS.items():
+        kd = _kd([*cctv.KD_RESET, *extra])
+        assert kd.logit + kd.feature + kd.box > 0, row
+    for setting, extra in sweep.SETTINGS.items():
+        if extra is not None:
+            _kd(extra)
+    # each sweep setting around the yaml changes it (no row silently equal to the default)
+    base = _kd([])
+    for setting in ("feature_w2", "feature_w18", "feature_mask_gt", "feature_mask_all", "feature_p3_only",
+                    "feature_pkd", "logit_t2", "logit_w1", "box_t4", "decay_cosine"):
+        assert _kd(sweep.SETTINGS[setting]) != base, setting
