@@ -303,6 +303,10 @@ def main() -> None:
                     help="student of the student and KD rows: yolov8n (default) or any cvkd model.name, e.g. "
                          "timm:mobilenetv3_small_100 or tv:fcos_mobilenet_v3 (cross-family rows; the teacher stays "
                          "YOLOv8s; ultralytics rows need yolov8n)")
+    ap.add_argument("--teacher-weights", default="",
+                    help="distil the KD rows from this copy of the teacher run's weights instead of training the "
+                         "teacher (e.g. checkpoints/cctv_yolov8s_teacher_fp16.pt.xz, the fp16 copy of "
+                         "teacher_linear_s0 on CCTV); the rows still name the teacher run, whose row must be in the CSV")
     ap.add_argument("--table-only", action="store_true", help="recompute gap_closed and print the table from the CSV")
     ap.add_argument("--last", type=int, default=0,
                     help="with --table-only: also print each run's mean val mAP over its last N epochs (noise check)")
@@ -322,8 +326,15 @@ def main() -> None:
     student_args = [] if args.student == DEFAULT_STUDENT else [f"model.name={args.student}"]
     teacher_run = Path(args.out) / run_name("teacher", 0, args.interp)
     teacher_pt, teacher_rel = teacher_run / "final.pt", os.path.relpath(teacher_run, ROOT)
+    if args.teacher_weights:
+        if not Path(args.teacher_weights).is_file():
+            sys.exit(f"error: {args.teacher_weights}: teacher weights not found")
+        if not any(r["role"] == "teacher" and r["run"] == teacher_rel for r in table.values()):
+            sys.exit(f"error: --teacher-weights: no row of {teacher_rel} in {RESULTS} to name as the teacher")
+        teacher_pt = Path(args.teacher_weights)
     # the baselines need no teacher: `--rows student ultralytics_none` runs beside a process training it
-    needs_teacher = any(r == "teacher" or r in KD_ROWS or r == "ultralytics_kd" for r in args.rows)
+    needs_teacher = "teacher" in args.rows or (not args.teacher_weights and any(
+        r in KD_ROWS or r == "ultralytics_kd" for r in args.rows))
 
     def add(rec: dict) -> None:
         nonlocal table
