@@ -38,7 +38,9 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
 DATA = ROOT / "data" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "kd_sweep.csv"
-COLUMNS = ["setting", "overrides", "seed", "epochs", "tune_frames", "map", "ap50", "run"]
+COLUMNS = ["setting", "overrides", "seed", "train_seed", "epochs", "tune_frames", "map", "ap50", "run"]
+# seed: the tuning split; train_seed: the training run's seed (the same unless --train-seed says otherwise, which
+# measures the seed noise of one setting on one split)
 # One factor at a time around the default recipe, all_joint (kd.* of configs/cctv_distill.yaml, the "feature_joint"
 # row). The first rows (all_sw and its term ablations) were measured around the earlier recipe, all_sw, which is the
 # yaml with the feature term as the mean of three per-level means (ALL_SW pins it). "baseline" has no teacher.
@@ -71,6 +73,18 @@ def overrides_of(setting: str) -> str:
     return "(no KD)" if extra is None else " ".join(extra) or "(configs/cctv_distill.yaml as is)"
 
 
+def load_table() -> dict:
+    """Rows already in the CSV, keyed by (setting, split seed, train seed); re-read before each write so that two
+    sweep processes running at once do not drop each other's rows."""
+    if not RESULTS.is_file():
+        return {}
+    with RESULTS.open() as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r["train_seed"] = r.get("train_seed") or r["seed"]
+    return {(r["setting"], int(r["seed"]), int(r["train_seed"])): r for r in rows}
+
+
 def tuning_split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int]:
     """(tune-train json, tune-val json, tune-val frames): the train split cut by source frame."""
     d = json.loads((DATA / "train.json").read_text())
@@ -95,6 +109,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), help="rows to run")
     ap.add_argument("--seed", type=int, default=0, help="split and training seed (default 0)")
+    ap.add_argument("--train-seed", type=int, default=None,
+                    help="training seed, when it should differ from the split's (--seed): the seed noise of a setting")
     ap.add_argument("--tune-fraction", type=float, default=0.2, help="train frames held out for tuning (default 0.2)")
     ap.add_argument("--epochs", type=int, default=30, help="epochs of every run (default 30)")
     ap.add_argument("--teacher", default=str(ROOT / "runs" / "bench_cctv" / "teacher_linear_s0" / "final.pt"),
@@ -103,19 +119,17 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "runs" / "kd_sweep"), help="folder of the runs")
     args = ap.parse_args()
     ensure_data()  # the CCTV set as COCO json, converted once (benchmarks/cctv_distill.py)
-    if not Path(args.teacher).is_file():
+    if any(SETTINGS[s] is not None for s in args.settings) and not Path(args.teacher).is_file():
         sys.exit(f"error: {args.teacher}: teacher checkpoint not found (run benchmarks/cctv_distill.py --rows teacher)")
     tune_train, tune_val, n_held = tuning_split(args.seed, args.tune_fraction, Path(args.out) / f"split_s{args.seed}")
     images = str(SRC / "train" / "images")
     data = [f"data.train_json={tune_train}", f"data.train_images={images}", f"data.val_json={tune_val}",
             f"data.val_images={images}"]
-    table = {}
-    if RESULTS.is_file():
-        with RESULTS.open() as f:
-            table = {(r["setting"], int(r["seed"])): r for r in csv.DictReader(f)}
+    train_seed = args.seed if args.train_seed is None else args.train_seed
+    table = load_table()
     for setting in args.settings:
         extra = SETTINGS[setting]
-        run = Path(args.out) / f"{setting}_s{args.seed}"
+        run = Path(args.out) / f"{setting}_s{args.seed}{'' if train_seed == args.seed else f'_t{train_seed}'}"
         if not finished(run, args.epochs):
             tool, config = ("train.py", "cctv_student.yaml") if extra is None else ("distill.py", "cctv_distill.yaml")
             cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
@@ -123,25 +137,30 @@ def main() -> None:
                 cmd.append(f"resume={run}")
             else:
                 cmd += [f"out={args.out}", f"name={run.name}", f"train.epochs={args.epochs}",
-                        f"train.seed={args.seed}", f"train.threads={args.threads}", *data]
+                        f"train.seed={train_seed}", f"train.threads={args.threads}", *data]
                 cmd += [] if extra is None else [f"kd.teacher={args.teacher}", *extra]
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         r = read_rows(run / "results.csv")[-1]
-        table[(setting, args.seed)] = {"setting": setting, "overrides": overrides_of(setting),
-                                       "seed": args.seed, "epochs": args.epochs, "tune_frames": n_held,
-                                       "map": r["map"], "ap50": r["ap50"], "run": os.path.relpath(run, ROOT)}
+        table = {**table, **load_table()}
+        table[(setting, args.seed, train_seed)] = {
+            "setting": setting, "overrides": overrides_of(setting), "seed": args.seed, "train_seed": train_seed,
+            "epochs": args.epochs, "tune_frames": n_held, "map": r["map"], "ap50": r["ap50"],
+            "run": os.path.relpath(run, ROOT)}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
-            for key in sorted(table, key=lambda k: (k[1], list(SETTINGS).index(k[0]) if k[0] in SETTINGS else 99)):
+            for key in sorted(table, key=lambda k: (k[1], list(SETTINGS).index(k[0]) if k[0] in SETTINGS else 99,
+                                                    k[2])):
                 if key[0] in SETTINGS:  # rows of earlier invocations say what their setting overrides today
                     table[key]["overrides"] = overrides_of(key[0])
                 w.writerow({c: table[key].get(c, "") for c in COLUMNS})
-    print("| setting | overrides | seed | mAP@[.5:.95] (tuning split) | AP50 |\n|---|---|---|---|---|")
+    print("| setting | overrides | split seed | train seed | mAP@[.5:.95] (tuning split) | AP50 |\n"
+          "|---|---|---|---|---|---|")
     for r in table.values():
-        print(f"| {r['setting']} | {r['overrides']} | {r['seed']} | {float(r['map']):.4f} | {float(r['ap50']):.4f} |")
+        print(f"| {r['setting']} | {r['overrides']} | {r['seed']} | {r['train_seed']} | {float(r['map']):.4f} | "
+              f"{float(r['ap50']):.4f} |")
     print(f"\nwritten {RESULTS}")
 
 

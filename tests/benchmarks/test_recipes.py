@@ -51,3 +51,19 @@ def test_every_benchmark_row_and_sweep_setting_resolves(bench):
     for setting in ("feature_w2", "feature_w18", "feature_mask_gt", "feature_mask_all", "feature_p3_only",
                     "feature_pkd", "logit_t2", "logit_w1", "box_t4", "decay_cosine"):
         assert _kd(sweep.SETTINGS[setting]) != base, setting
+
+
+def test_sweep_table_reads_rows_written_before_train_seed(bench, monkeypatch, tmp_path):
+    """Rows of earlier sweeps have no train_seed: they trained with the split's seed; others are keyed by theirs."""
+    _, sweep = bench
+    path = tmp_path / "kd_sweep.csv"
+    monkeypatch.setattr(sweep, "RESULTS", path)
+    path.write_text("setting,overrides,seed,epochs,tune_frames,map,ap50,run\n"
+                    "baseline,(no KD),0,30,52,0.25549,0.63382,runs/kd_sweep/baseline_s0\n")
+    assert set(sweep.load_table()) == {("baseline", 0, 0)}
+    path.write_text("setting,overrides,seed,train_seed,epochs,tune_frames,map,ap50,run\n"
+                    "baseline,(no KD),0,,30,52,0.25549,0.63382,runs/kd_sweep/baseline_s0\n"
+                    "baseline,(no KD),0,1,30,52,0.2600,0.64,runs/kd_sweep/baseline_s0_t1\n")
+    table = sweep.load_table()
+    assert set(table) == {("baseline", 0, 0), ("baseline", 0, 1)}
+    assert table[("baseline", 0, 1)]["map"] == "0.2600"
