@@ -166,8 +166,18 @@ def pipeline_of(r: dict) -> str:
     return r.get("pipeline") or ("ultralytics" if r["method"].startswith("ultralytics") else "cvkd")
 
 
+def rel_run(run: str) -> str:
+    return os.path.relpath(run, ROOT) if os.path.isabs(run) else run
+
+
+def teacher_of(r: dict) -> str:
+    """The teacher column: the teacher run a distilled row learned from; a teacher row's own run (two teachers of
+    one config, e.g. a retrained one, are two rows)."""
+    return rel_run(str(r.get("run", ""))) if r["role"] == "teacher" else r.get("teacher") or ""
+
+
 def record_key(r: dict) -> tuple:
-    return (r["model"], r["role"], r["method"], r["seed"], r.get("interp") or "area", r.get("teacher") or "",
+    return (r["model"], r["role"], r["method"], r["seed"], r.get("interp") or "area", teacher_of(r),
             int(r["epochs"]), int(r["imgsz"]), pipeline_of(r))
 
 
@@ -218,8 +228,7 @@ def group_rows(records: list[dict]) -> dict:
     """Seeds of one table row: same schedule, model, role, method, interp, pipeline and teacher."""
     groups: dict = {}
     for r in records:
-        key = (*schedule(r), r["model"], r["role"], r["method"], r.get("interp", ""), pipeline_of(r),
-               r.get("teacher", ""))
+        key = (*schedule(r), r["model"], r["role"], r["method"], r.get("interp", ""), pipeline_of(r), teacher_of(r))
         groups.setdefault(key, []).append(r)
     return groups
 
@@ -237,8 +246,7 @@ def write_table(table: dict, last: int = 0) -> None:
     by_base: dict = {}
     # keyed by the run folder relative to the repo, as the KD rows name their teacher (a row added by this process
     # still holds an absolute path)
-    teachers = {os.path.relpath(r["run"], ROOT) if os.path.isabs(str(r["run"])) else r["run"]: r
-                for r in records if r["role"] == "teacher"}
+    teachers = {rel_run(str(r["run"])): r for r in records if r["role"] == "teacher"}
     for r in records:
         if r["role"] == "student":  # each tool's own baseline: cvkd (none) or ultralytics (ultralytics_none)
             by_base.setdefault((schedule(r), r["model"], r["method"], r.get("interp"), pipeline_of(r)),
@@ -260,7 +268,7 @@ def write_table(table: dict, last: int = 0) -> None:
             r["pipeline"] = pipeline_of(r)
             last5 = last_epochs_map(str(r.get("run", "")), 5)  # None where the run folder is not on this machine
             r["map_last5"] = last5 if last5 is not None else r.get("map_last5", "")
-            r["run"] = os.path.relpath(r["run"], ROOT) if os.path.isabs(str(r.get("run", ""))) else r.get("run", "")
+            r["run"] = rel_run(str(r.get("run", "")))
             w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
     print("\n| epochs | model | role | method | interp | pipeline | teacher | seeds | mAP@[.5:.95] mean +- sd | AP50 | "
           "gap closed | last-5 mean | params (M) | GFLOPs | s/epoch |")
@@ -303,6 +311,10 @@ def main() -> None:
                     help="student of the student and KD rows: yolov8n (default) or any cvkd model.name, e.g. "
                          "timm:mobilenetv3_small_100 or tv:fcos_mobilenet_v3 (cross-family rows; the teacher stays "
                          "YOLOv8s; ultralytics rows need yolov8n)")
+    ap.add_argument("--teacher", default="teacher",
+                    help="name of the teacher run (default teacher: folder teacher_<interp>_s0); another name trains "
+                         "or reuses another teacher of the same config (e.g. teacher_rerun: the same seed retrained), "
+                         "and the KD rows from it get their own run folders (..._s0_teacher_rerun) and table rows")
     ap.add_argument("--teacher-weights", default="",
                     help="distil the KD rows from this copy of the teacher run's weights instead of training the "
                          "teacher (e.g. checkpoints/cctv_yolov8s_teacher_fp16.pt.xz, the fp16 copy of "
@@ -324,7 +336,9 @@ def main() -> None:
     interp_args = [f"data.train_interp={args.interp}"]
     pipe_args = [f"data.pipeline={args.pipeline}"]
     student_args = [] if args.student == DEFAULT_STUDENT else [f"model.name={args.student}"]
-    teacher_run = Path(args.out) / run_name("teacher", 0, args.interp)
+    teacher_run = Path(args.out) / run_name(args.teacher, 0, args.interp)
+    # KD rows from another teacher than the default one get its name in their run folder
+    from_teacher = "" if args.teacher == "teacher" else f"_{args.teacher}"
     teacher_pt, teacher_rel = teacher_run / "final.pt", os.path.relpath(teacher_run, ROOT)
     if args.teacher_weights:
         if not Path(args.teacher_weights).is_file():
@@ -362,7 +376,7 @@ def main() -> None:
                 role, method = "student", "none"
             elif row in KD_ROWS:
                 run = run_cvkd(args, "distill.py", "cctv_distill.yaml",
-                               run_name(row, seed, interp, args.student, pipeline),
+                               run_name(row, seed, interp, args.student, pipeline) + from_teacher,
                                seed, [*interp_args, *pipe_args, *student_args, f"kd.teacher={teacher_pt}", *KD_RESET,
                                       *KD_ROWS[row]])
                 rec = score_cvkd(run, args)
@@ -374,9 +388,10 @@ def main() -> None:
                 ul_teacher, interp, name, pipeline = None, "linear", f"{row}_s{seed}", "ultralytics"
                 if row == "ultralytics_kd":
                     suffix = "" if args.interp == "area" else f"_{args.interp}"
-                    ul_teacher = Path(args.out) / f"teacher{suffix}_ultralytics.pt"
+                    ul_teacher = Path(args.out) / f"{args.teacher}{suffix}_ultralytics.pt"
                     to_ultralytics_checkpoint(teacher_pt, ul_teacher, args.imgsz)
-                    name, teacher = f"{row}{'_t' + args.interp if suffix else ''}_s{seed}", teacher_rel
+                    name = f"{row}{'_t' + args.interp if suffix else ''}_s{seed}{from_teacher}"
+                    teacher = teacher_rel
                 run = run_ultralytics(args, name, seed, ul_teacher, ultralytics_data_yaml(DS, SRC, DATA))
                 rec = score_ultralytics(run, args, load_coco(DATA / "val.json", SRC / DS["val_images"],
                                                              DS["class_map"]))

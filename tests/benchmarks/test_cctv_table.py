@@ -78,3 +78,23 @@ def test_gap_closed_when_the_teacher_row_holds_an_absolute_path(bench):
     with bench.RESULTS.open() as f:
         got = {r["role"]: r for r in csv.DictReader(f)}
     assert float(got["distilled"]["gap_closed"]) == pytest.approx(0.5, abs=1e-4)
+
+
+def test_two_teachers_of_one_config_are_two_rows_each_with_its_distilled_rows(bench, capsys):
+    """A retrained teacher (same config and seed, another run) does not replace the first one's row, and each
+    distilled row's gap is measured against the teacher it learned from."""
+    rows = [
+        _row("teacher", "none", 30, 0, 0.40, "runs/a/teacher_linear_s0"),
+        _row("teacher", "none", 30, 0, 0.45, "runs/a/teacher_rerun_linear_s0"),
+        _row("student", "none", 30, 0, 0.30, "runs/a/s0"),
+        _row("distilled", "all_joint", 30, 0, 0.35, "runs/a/kd0", "runs/a/teacher_linear_s0"),
+        _row("distilled", "all_joint", 30, 0, 0.36, "runs/a/kd0_rerun", "runs/a/teacher_rerun_linear_s0"),
+    ]
+    bench.write_table({bench.record_key(r): r for r in rows})
+    assert len(bench.load_records()) == 5
+    with bench.RESULTS.open() as f:
+        got = {r["run"]: r for r in csv.DictReader(f)}
+    assert float(got["runs/a/kd0"]["gap_closed"]) == pytest.approx(0.5, abs=1e-4)
+    assert float(got["runs/a/kd0_rerun"]["gap_closed"]) == pytest.approx(0.4, abs=1e-4)
+    table = capsys.readouterr().out
+    assert "| teacher | none | linear | cvkd | teacher_rerun_linear_s0 | 1 | 0.4500 +- 0.0000 |" in table
