@@ -38,9 +38,11 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
 DATA = ROOT / "data" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "kd_sweep.csv"
-COLUMNS = ["setting", "overrides", "seed", "train_seed", "epochs", "tune_frames", "map", "ap50", "run"]
+COLUMNS = ["setting", "overrides", "seed", "train_seed", "teacher", "epochs", "tune_frames", "map", "ap50", "run"]
 # seed: the tuning split; train_seed: the training run's seed (the same unless --train-seed says otherwise, which
-# measures the seed noise of one setting on one split)
+# measures the seed noise of one setting on one split); teacher: the KD rows' teacher checkpoint (rows of different
+# teachers are different rows, in different run folders)
+DEFAULT_TEACHER = "runs/bench_cctv/teacher_linear_s0/final.pt"  # the teacher of the first rows
 # One factor at a time around the default recipe, all_joint (kd.* of configs/cctv_distill.yaml, the "feature_joint"
 # row). The first rows (all_sw and its term ablations) were measured around the earlier recipe, all_sw, which is the
 # yaml with the feature term as the mean of three per-level means (ALL_SW pins it). "baseline" has no teacher.
@@ -82,7 +84,8 @@ def load_table() -> dict:
         rows = list(csv.DictReader(f))
     for r in rows:
         r["train_seed"] = r.get("train_seed") or r["seed"]
-    return {(r["setting"], int(r["seed"]), int(r["train_seed"])): r for r in rows}
+        r["teacher"] = r.get("teacher") or ("" if r["setting"] == "baseline" else DEFAULT_TEACHER)
+    return {(r["setting"], int(r["seed"]), int(r["train_seed"]), r["teacher"]): r for r in rows}
 
 
 def tuning_split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int]:
@@ -113,13 +116,16 @@ def main() -> None:
                     help="training seed, when it should differ from the split's (--seed): the seed noise of a setting")
     ap.add_argument("--tune-fraction", type=float, default=0.2, help="train frames held out for tuning (default 0.2)")
     ap.add_argument("--epochs", type=int, default=30, help="epochs of every run (default 30)")
-    ap.add_argument("--teacher", default=str(ROOT / "runs" / "bench_cctv" / "teacher_linear_s0" / "final.pt"),
-                    help="teacher checkpoint (default: the benchmark's linear teacher)")
+    ap.add_argument("--teacher", default=DEFAULT_TEACHER,
+                    help=f"teacher checkpoint, relative to the repo (default {DEFAULT_TEACHER}, the teacher of the first "
+                         "rows; checkpoints/cctv_yolov8s_teacher_fp16.pt.xz is the shipped one). KD rows of another "
+                         "teacher get their own run folders and rows")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "kd_sweep"), help="folder of the runs")
     args = ap.parse_args()
     ensure_data()  # the CCTV set as COCO json, converted once (benchmarks/cctv_distill.py)
-    if any(SETTINGS[s] is not None for s in args.settings) and not Path(args.teacher).is_file():
+    teacher = os.path.relpath(Path(args.teacher).resolve(), ROOT)
+    if any(SETTINGS[s] is not None for s in args.settings) and not (ROOT / teacher).is_file():
         sys.exit(f"error: {args.teacher}: teacher checkpoint not found (run benchmarks/cctv_distill.py --rows teacher)")
     tune_train, tune_val, n_held = tuning_split(args.seed, args.tune_fraction, Path(args.out) / f"split_s{args.seed}")
     images = str(SRC / "train" / "images")
@@ -129,7 +135,9 @@ def main() -> None:
     table = load_table()
     for setting in args.settings:
         extra = SETTINGS[setting]
-        run = Path(args.out) / f"{setting}_s{args.seed}{'' if train_seed == args.seed else f'_t{train_seed}'}"
+        row_teacher = "" if extra is None else teacher
+        run = Path(args.out) / (f"{setting}_s{args.seed}{'' if train_seed == args.seed else f'_t{train_seed}'}"
+                                f"{'' if row_teacher in ('', DEFAULT_TEACHER) else '_' + Path(teacher).name.split('.')[0]}")
         if not finished(run, args.epochs):
             tool, config = ("train.py", "cctv_student.yaml") if extra is None else ("distill.py", "cctv_distill.yaml")
             cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
@@ -138,29 +146,30 @@ def main() -> None:
             else:
                 cmd += [f"out={args.out}", f"name={run.name}", f"train.epochs={args.epochs}",
                         f"train.seed={train_seed}", f"train.threads={args.threads}", *data]
-                cmd += [] if extra is None else [f"kd.teacher={args.teacher}", *extra]
+                cmd += [] if extra is None else [f"kd.teacher={ROOT / teacher}", *extra]
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         r = read_rows(run / "results.csv")[-1]
         table = {**table, **load_table()}
-        table[(setting, args.seed, train_seed)] = {
+        table[(setting, args.seed, train_seed, row_teacher)] = {
             "setting": setting, "overrides": overrides_of(setting), "seed": args.seed, "train_seed": train_seed,
+            "teacher": row_teacher,
             "epochs": args.epochs, "tune_frames": n_held, "map": r["map"], "ap50": r["ap50"],
             "run": os.path.relpath(run, ROOT)}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
-            for key in sorted(table, key=lambda k: (k[1], list(SETTINGS).index(k[0]) if k[0] in SETTINGS else 99,
-                                                    k[2])):
+            for key in sorted(table, key=lambda k: (k[1], k[3], list(SETTINGS).index(k[0]) if k[0] in SETTINGS
+                                                    else 99, k[2])):
                 if key[0] in SETTINGS:  # rows of earlier invocations say what their setting overrides today
                     table[key]["overrides"] = overrides_of(key[0])
                 w.writerow({c: table[key].get(c, "") for c in COLUMNS})
-    print("| setting | overrides | split seed | train seed | mAP@[.5:.95] (tuning split) | AP50 |\n"
-          "|---|---|---|---|---|---|")
+    print("| setting | overrides | split seed | train seed | teacher | mAP@[.5:.95] (tuning split) | AP50 |\n"
+          "|---|---|---|---|---|---|---|")
     for r in table.values():
-        print(f"| {r['setting']} | {r['overrides']} | {r['seed']} | {r['train_seed']} | {float(r['map']):.4f} | "
-              f"{float(r['ap50']):.4f} |")
+        print(f"| {r['setting']} | {r['overrides']} | {r['seed']} | {r['train_seed']} | {r['teacher']} | "
+              f"{float(r['map']):.4f} | {float(r['ap50']):.4f} |")
     print(f"\nwritten {RESULTS}")
 
 

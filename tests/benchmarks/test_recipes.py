@@ -60,10 +60,11 @@ def test_sweep_table_reads_rows_written_before_train_seed(bench, monkeypatch, tm
     monkeypatch.setattr(sweep, "RESULTS", path)
     path.write_text("setting,overrides,seed,epochs,tune_frames,map,ap50,run\n"
                     "baseline,(no KD),0,30,52,0.25549,0.63382,runs/kd_sweep/baseline_s0\n")
-    assert set(sweep.load_table()) == {("baseline", 0, 0)}
+    assert set(sweep.load_table()) == {("baseline", 0, 0, "")}
     path.write_text("setting,overrides,seed,train_seed,epochs,tune_frames,map,ap50,run\n"
                     "baseline,(no KD),0,,30,52,0.25549,0.63382,runs/kd_sweep/baseline_s0\n"
-                    "baseline,(no KD),0,1,30,52,0.2600,0.64,runs/kd_sweep/baseline_s0_t1\n")
-    table = sweep.load_table()
-    assert set(table) == {("baseline", 0, 0), ("baseline", 0, 1)}
-    assert table[("baseline", 0, 1)]["map"] == "0.2600"
+                    "baseline,(no KD),0,1,30,52,0.2600,0.64,runs/kd_sweep/baseline_s0_t1\n"
+                    "all_sw,x,0,,30,52,0.2759,0.64,runs/kd_sweep/all_sw_s0\n")
+    table = sweep.load_table()  # KD rows written before the teacher column learned from the default teacher
+    assert set(table) == {("baseline", 0, 0, ""), ("baseline", 0, 1, ""), ("all_sw", 0, 0, sweep.DEFAULT_TEACHER)}
+    assert table[("baseline", 0, 1, "")]["map"] == "0.2600"
