@@ -318,7 +318,8 @@ def main() -> None:
     ap.add_argument("--teacher-weights", default="",
                     help="distil the KD rows from this copy of the teacher run's weights instead of training the "
                          "teacher (e.g. checkpoints/cctv_yolov8s_teacher_fp16.pt.xz, the fp16 copy of "
-                         "teacher_linear_s0 on CCTV); the rows still name the teacher run, whose row must be in the CSV")
+                         "teacher_rerun_linear_s0 on CCTV, with --teacher teacher_rerun); the rows still name the "
+                         "teacher run, whose row must be in the CSV")
     ap.add_argument("--table-only", action="store_true", help="recompute gap_closed and print the table from the CSV")
     ap.add_argument("--last", type=int, default=0,
                     help="with --table-only: also print each run's mean val mAP over its last N epochs (noise check)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Shrink a cvkd detector checkpoint for shipping: weights only (no optimizer/EMA/resume state), fp16 by default.
 
-    python tools/slim_checkpoint.py runs/bench_cctv/teacher_s0/final.pt checkpoints/cctv_yolov8s_teacher_fp16.pt.xz
+    python tools/slim_checkpoint.py runs/bench_cctv/teacher_rerun_linear_s0/final.pt checkpoints/cctv_yolov8s_teacher_fp16.pt.xz
 
 A destination ending in ``.xz`` is written xz-compressed (cvkd loads it directly).
 
