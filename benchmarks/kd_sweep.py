@@ -88,6 +88,13 @@ def load_table() -> dict:
     return {(r["setting"], int(r["seed"]), int(r["train_seed"]), r["teacher"]): r for r in rows}
 
 
+def run_name(setting: str, seed: int, train_seed: int, teacher: str) -> str:
+    """``all_sw_s0``; ``_t1`` for a training seed other than the split's, ``_<checkpoint stem>`` for a KD row whose
+    teacher is not the default one (``feature_w18_s0_cctv_yolov8s_teacher_fp16``)."""
+    name = f"{setting}_s{seed}" + ("" if train_seed == seed else f"_t{train_seed}")
+    return name + ("" if teacher in ("", DEFAULT_TEACHER) else "_" + Path(teacher).name.split(".")[0])
+
+
 def tuning_split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int]:
     """(tune-train json, tune-val json, tune-val frames): the train split cut by source frame."""
     d = json.loads((DATA / "train.json").read_text())
@@ -136,8 +143,7 @@ def main() -> None:
     for setting in args.settings:
         extra = SETTINGS[setting]
         row_teacher = "" if extra is None else teacher
-        run = Path(args.out) / (f"{setting}_s{args.seed}{'' if train_seed == args.seed else f'_t{train_seed}'}"
-                                f"{'' if row_teacher in ('', DEFAULT_TEACHER) else '_' + Path(teacher).name.split('.')[0]}")
+        run = Path(args.out) / run_name(setting, args.seed, train_seed, row_teacher)
         if not finished(run, args.epochs):
             tool, config = ("train.py", "cctv_student.yaml") if extra is None else ("distill.py", "cctv_distill.yaml")
             cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]

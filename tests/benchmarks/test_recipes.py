@@ -68,3 +68,11 @@ def test_sweep_table_reads_rows_written_before_train_seed(bench, monkeypatch, tm
     table = sweep.load_table()  # KD rows written before the teacher column learned from the default teacher
     assert set(table) == {("baseline", 0, 0, ""), ("baseline", 0, 1, ""), ("all_sw", 0, 0, sweep.DEFAULT_TEACHER)}
     assert table[("baseline", 0, 1, "")]["map"] == "0.2600"
+
+
+def test_sweep_run_names_keep_seeds_and_teachers_apart(bench):
+    _, sweep = bench
+    assert sweep.run_name("all_sw", 0, 0, sweep.DEFAULT_TEACHER) == "all_sw_s0"
+    assert sweep.run_name("baseline", 0, 1, "") == "baseline_s0_t1"
+    shipped = "checkpoints/cctv_yolov8s_teacher_fp16.pt.xz"
+    assert sweep.run_name("feature_w18", 0, 0, shipped) == "feature_w18_s0_cctv_yolov8s_teacher_fp16"
