@@ -88,6 +88,10 @@ KD_ROWS = {
                   "kd.feature_mask=teacher_score", "kd.feature_adapter=mlp", "kd.box=0.25", "kd.box_loss=ld",
                   "kd.box_t=10.0"],
 }
+# weight selection (Xu et al. 2024): the student starts from every second channel of the teacher's tensors instead of
+# random weights, alone (no KD term, no teacher pass) and under all_joint
+KD_ROWS["ws"] = ["model.init_from=teacher"]
+KD_ROWS["all_joint_ws"] = [*KD_ROWS["all_joint"], "model.init_from=teacher"]
 ALL_ROWS = ["teacher", "student", *KD_ROWS, "ultralytics_none", "ultralytics_kd"]
 # configs/cctv_distill.yaml holds all_joint; these overrides turn it back into all_sw (the yaml before all_joint), for
 # the runs of the other benchmarks that were measured with it

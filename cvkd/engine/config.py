@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from ..config import ConfigError
@@ -51,6 +52,9 @@ class ModelConfig:
     name: str = opt("yolov8n.yaml", "architecture (yolov8n.yaml, yolo11s.yaml, ...) or a checkpoint path to start from")
     width: float | None = opt(None, "override the width multiplier (a camera-sized student, e.g. 0.125)")
     depth: float | None = opt(None, "override the depth multiplier")
+    init_from: str = opt("", "start the student from a larger model of the same layer structure by weight selection "
+                         "(evenly spaced channels, Xu et al. 2024; e.g. yolov8s -> yolov8n): a checkpoint path, or "
+                         "'teacher' for kd.teacher; empty = random init")
 
 
 @dataclass
@@ -128,6 +132,11 @@ class RunConfig:
         uses_kd = self.kd.logit > 0 or self.kd.feature > 0 or self.kd.box > 0
         if uses_kd and not self.kd.teacher:
             raise ConfigError("kd.logit/feature/box > 0 need a teacher: set kd.teacher=path/to/teacher.pt")
+        if self.model.init_from == "teacher" and not self.kd.teacher:
+            raise ConfigError("model.init_from=teacher needs kd.teacher=path/to/teacher.pt (or give a checkpoint path)")
+        if self.model.init_from and Path(self.model.name).suffix in (".pt", ".pth", ".xz"):
+            raise ConfigError(f"model.init_from and a checkpoint model.name ({self.model.name}) both set the student's "
+                              "weights: keep one")
         if self.data.unlabeled and not uses_kd:
             raise ConfigError("data.unlabeled needs KD terms (kd.logit/feature/box > 0) and a teacher: "
                               "unlabelled frames train only through distillation")

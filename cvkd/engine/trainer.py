@@ -15,6 +15,7 @@ from .. import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import ConfigError, save_config, to_dict
 from ..models import DetectorAdapter, ModelError, build_detector, load_detector
+from ..models.weight_select import init_from_larger
 from ..runs import make_run_dir, resolve_run_config, seed_everything, setup_logging
 from .config import RunConfig
 from .distill import Distiller, cpu_bf16_teacher, teacher_forward
@@ -129,7 +130,7 @@ def train(cfg: RunConfig) -> dict:
         raise ConfigError(f"train classes {class_names} differ from val classes {val_data.class_names}")
     student = build_student(cfg, class_names).to(device)
     teacher, distiller, teacher_bf16 = None, None, False
-    if cfg.kd.teacher:
+    if cfg.kd.teacher and (cfg.kd.logit > 0 or cfg.kd.feature > 0 or cfg.kd.box > 0):  # else no teacher pass
         teacher = load_detector(cfg.kd.teacher, device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -138,6 +139,17 @@ def train(cfg: RunConfig) -> dict:
             log.info("teacher forward pass in bf16 autocast + channels_last (kd.teacher_precision)")
         distiller = Distiller(cfg.kd, student, teacher, cfg.data.imgsz).to(device)
         log.info(f"teacher {cfg.kd.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M params)")
+    if cfg.kd.teacher and teacher is None and cfg.model.init_from != "teacher":
+        log.warning(f"kd.teacher={cfg.kd.teacher} is set but every KD weight is 0: plain training")
+    resuming = bool(cfg.resume) and (run_dir / "last.pt").is_file()
+    if cfg.model.init_from and not resuming:  # a resumed run loads its own weights below
+        src = cfg.kd.teacher if cfg.model.init_from == "teacher" else cfg.model.init_from
+        larger = teacher if teacher is not None and src == cfg.kd.teacher else load_detector(src, device)
+        if larger.class_names != class_names:
+            raise ModelError(f"{src}: classes {larger.class_names} differ from the data's {class_names}: weight "
+                             "selection would give the student another model's class outputs")
+        n = init_from_larger(student.model, larger.model, src)
+        log.info(f"student initialised by weight selection from {src} ({n} tensors narrowed)")
     log.info(f"student {cfg.model.name} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f} M params), "
              f"classes {class_names}")
     objective = Objective(student, distiller)
@@ -166,7 +178,7 @@ def train(cfg: RunConfig) -> dict:
 
     start_epoch, best_map = 0, -1.0
     rows = read_rows(run_dir / "results.csv")
-    if cfg.resume and (run_dir / "last.pt").is_file():
+    if resuming:
         ck = load_checkpoint(run_dir / "last.pt", kind="detector", map_location=device)
         student.model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

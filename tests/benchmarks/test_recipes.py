@@ -42,7 +42,10 @@ def test_every_benchmark_row_and_sweep_setting_resolves(bench):
     cctv, sweep = bench
     for row, extra in cctv.KD_ROWS.items():
         kd = _kd([*cctv.KD_RESET, *extra])
-        assert kd.logit + kd.feature + kd.box > 0, row
+        assert kd.logit + kd.feature + kd.box > 0 or row == "ws", row
+    # the weight-selection rows: all_joint_ws is all_joint plus the init, ws has no KD term
+    assert _kd([*cctv.KD_RESET, *cctv.KD_ROWS["all_joint_ws"]]) == _kd([])
+    assert "model.init_from=teacher" in cctv.KD_ROWS["ws"] and "model.init_from=teacher" in cctv.KD_ROWS["all_joint_ws"]
     for setting, extra in sweep.SETTINGS.items():
         if extra is not None:
             _kd(extra)

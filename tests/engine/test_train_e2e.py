@@ -46,6 +46,21 @@ def test_distill_smoke_all_terms(tmp_path, tiny_run):
     assert "kd:\n  teacher: " in (run / "config.yaml").read_text()
 
 
+def test_student_starts_from_teacher_by_weight_selection(tmp_path, tiny_run):
+    teacher = _teacher(tmp_path)
+    r = run_tool("distill.py", [*tiny_run, "name=ws", "train.epochs=1", f"kd.teacher={teacher}", "kd.logit=1",
+                                "model.init_from=teacher"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"initialised by weight selection from {teacher}" in (tmp_path / "runs" / "ws" / "train.log").read_text()
+    r = run_tool("train.py", [*tiny_run, "model.init_from=teacher"])
+    assert r.returncode == 2 and "model.init_from=teacher needs kd.teacher" in r.stderr
+    other = build_detector("yolov8s.yaml", ["car", "bus"])
+    save_checkpoint(tmp_path / "cars.pt", "detector", other.model.state_dict(),
+                    {"family": "yolo", "arch": other.arch_spec(), "class_names": ["car", "bus"]})
+    r = run_tool("train.py", [*tiny_run, "name=cars", f"model.init_from={tmp_path / 'cars.pt'}"])
+    assert r.returncode != 0 and "cars.pt: classes ['car', 'bus'] differ" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_train_resumes_after_kill(tmp_path, tiny_run):
     args = [*tiny_run, "name=res", "train.epochs=4"]
     env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
