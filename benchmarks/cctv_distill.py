@@ -65,9 +65,9 @@ COLUMNS = ["model", "role", "method", "seed", "imgsz", "epochs", "params_m", "gf
 # teacher: the teacher run of a distilled row. gap_closed compares a row with its own tool's baseline trained with
 # the same interp and pipeline, and with that teacher.
 # KD settings of the cvkd rows (docs/cctv.md says where each comes from), on top of configs/cctv_distill.yaml with
-# every term off and the feature term normalised per level (KD_RESET), so that a row does not change when the yaml's
-# default recipe does
-KD_RESET = ["kd.logit=0", "kd.feature=0", "kd.box=0", "kd.feature_norm=level"]
+# every term off, the feature term normalised per level and a random student init (KD_RESET), so that a row does not
+# change when the yaml's default recipe does
+KD_RESET = ["kd.logit=0", "kd.feature=0", "kd.box=0", "kd.feature_norm=level", "model.init_from="]
 KD_ROWS = {
     "logit": ["kd.logit=4.0", "kd.logit_t=1.0"],
     "feature": ["kd.feature=2.0", "kd.feature_loss=cwd", "kd.feature_t=4.0"],
@@ -93,9 +93,9 @@ KD_ROWS = {
 KD_ROWS["ws"] = ["model.init_from=teacher"]
 KD_ROWS["all_joint_ws"] = [*KD_ROWS["all_joint"], "model.init_from=teacher"]
 ALL_ROWS = ["teacher", "student", *KD_ROWS, "ultralytics_none", "ultralytics_kd"]
-# configs/cctv_distill.yaml holds all_joint; these overrides turn it back into all_sw (the yaml before all_joint), for
-# the runs of the other benchmarks that were measured with it
-ALL_SW = ["kd.feature_norm=level", "kd.feature=18.0"]
+# configs/cctv_distill.yaml holds all_joint_ws; these overrides turn it back into all_sw (the yaml before all_joint),
+# for the runs of the other benchmarks that were measured with it
+ALL_SW = ["kd.feature_norm=level", "kd.feature=18.0", "model.init_from="]
 DEFAULT_STUDENT = "yolov8n"  # the student of configs/cctv_student.yaml; --student names another cvkd model.name
 
 

@@ -44,7 +44,7 @@ COLUMNS = ["setting", "overrides", "seed", "train_seed", "teacher", "epochs", "t
 # teachers are different rows, in different run folders)
 DEFAULT_TEACHER = "runs/bench_cctv/teacher_linear_s0/final.pt"  # the teacher of the first rows
 # One factor at a time around the default recipe, all_joint (kd.* of configs/cctv_distill.yaml, the "feature_joint"
-# row). The first rows (all_sw and its term ablations) were measured around the earlier recipe, all_sw, which is the
+# row; every row starts from random weights, see main()). The first rows (all_sw and its term ablations) were measured around the earlier recipe, all_sw, which is the
 # yaml with the feature term as the mean of three per-level means (ALL_SW pins it). "baseline" has no teacher.
 SETTINGS = {
     "baseline": None,
@@ -152,7 +152,9 @@ def main() -> None:
             else:
                 cmd += [f"out={args.out}", f"name={run.name}", f"train.epochs={args.epochs}",
                         f"train.seed={train_seed}", f"train.threads={args.threads}", *data]
-                cmd += [] if extra is None else [f"kd.teacher={ROOT / teacher}", *extra]
+                # random student init in every row: the teacher has seen the tuning-val frames, so a student started
+                # from its weights (the yaml's model.init_from) would be scored on frames it inherited
+                cmd += [] if extra is None else [f"kd.teacher={ROOT / teacher}", "model.init_from=", *extra]
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         r = read_rows(run / "results.csv")[-1]

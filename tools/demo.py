@@ -37,8 +37,8 @@ def main() -> int:
         device = pick_device(cfg.train.device)
         t_metrics = evaluate(teacher.to(device).eval().predict, CocoDataset(val, cfg.data.imgsz), cfg.data.imgsz,
                              cfg.train.eval_batch, device)
-        base = train(resolve_config(args.config, [*args.overrides, "name=demo_student", "kd.teacher=", "kd.logit=0",
-                                                  "kd.feature=0", "kd.box=0"]))
+        no_kd = ["name=demo_student", "kd.teacher=", "model.init_from=", "kd.logit=0", "kd.feature=0", "kd.box=0"]
+        base = train(resolve_config(args.config, [*args.overrides, *no_kd]))
         kd = train(resolve_config(args.config, [*args.overrides, "name=demo_distill"]))
     except (ConfigError, DataError, ModelError, CheckpointError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -22,13 +22,30 @@ def bench(monkeypatch):
     return cctv_distill, kd_sweep
 
 
-def _kd(overrides: list[str]):
+def _cfg(overrides: list[str], yaml: Path = YAML):
     from cvkd.config import load_config
     from cvkd.engine.config import RunConfig
 
-    cfg = load_config(RunConfig, YAML, ["kd.teacher=t.pt", *overrides])
+    cfg = load_config(RunConfig, yaml, ["kd.teacher=t.pt", *overrides])
     cfg.check()
-    return cfg.kd
+    return cfg
+
+
+def _kd(overrides: list[str]):
+    return _cfg(overrides).kd
+
+
+def test_yaml_and_demo_start_the_student_from_the_teacher(bench):
+    """The yaml is all_joint_ws (model and kd sections); every other row and the earlier recipe start from random
+    weights; the demo distils with the same recipe."""
+    cctv, _ = bench
+    ws = _cfg([*cctv.KD_RESET, *cctv.KD_ROWS["all_joint_ws"]])
+    assert _cfg([]).model == ws.model and _cfg([]).kd == ws.kd and ws.model.init_from == "teacher"
+    for row, extra in cctv.KD_ROWS.items():
+        assert (_cfg([*cctv.KD_RESET, *extra]).model.init_from == "teacher") == row.endswith("ws"), row
+    assert _cfg(cctv.ALL_SW).model.init_from == ""
+    demo = _cfg([], ROOT / "configs" / "demo.yaml")
+    assert demo.model.init_from == "teacher" and demo.kd == _kd([])
 
 
 def test_yaml_holds_all_joint_and_all_sw_pins_the_earlier_recipe(bench):
