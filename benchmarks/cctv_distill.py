@@ -323,7 +323,8 @@ def main() -> None:
                     help="distil the KD rows from this copy of the teacher run's weights instead of training the "
                          "teacher (e.g. checkpoints/cctv_yolov8s_teacher_fp16.pt.xz, the fp16 copy of "
                          "teacher_rerun_linear_s0 on CCTV, with --teacher teacher_rerun); the rows still name the "
-                         "teacher run, whose row must be in the CSV")
+                         "teacher run, whose row must be in the CSV (for another --epochs, the row of the run of that "
+                         "name from any schedule)")
     ap.add_argument("--table-only", action="store_true", help="recompute gap_closed and print the table from the CSV")
     ap.add_argument("--last", type=int, default=0,
                     help="with --table-only: also print each run's mean val mAP over its last N epochs (noise check)")
@@ -348,8 +349,13 @@ def main() -> None:
     if args.teacher_weights:
         if not Path(args.teacher_weights).is_file():
             sys.exit(f"error: {args.teacher_weights}: teacher weights not found")
-        if not any(r["role"] == "teacher" and r["run"] == teacher_rel for r in table.values()):
+        # the teacher run of this schedule's folder, or of another schedule's (a 60-epoch student from the teacher
+        # trained for the 30-epoch table)
+        named = sorted(r["run"] for r in table.values()
+                       if r["role"] == "teacher" and Path(r["run"]).name == teacher_run.name)
+        if not named:
             sys.exit(f"error: --teacher-weights: no row of {teacher_rel} in {RESULTS} to name as the teacher")
+        teacher_rel = teacher_rel if teacher_rel in named else named[0]
         teacher_pt = Path(args.teacher_weights)
     # the baselines need no teacher: `--rows student ultralytics_none` runs beside a process training it
     needs_teacher = "teacher" in args.rows or (not args.teacher_weights and any(
