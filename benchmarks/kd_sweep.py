@@ -44,8 +44,9 @@ COLUMNS = ["setting", "overrides", "seed", "train_seed", "teacher", "epochs", "t
 # teachers are different rows, in different run folders)
 DEFAULT_TEACHER = "runs/bench_cctv/teacher_linear_s0/final.pt"  # the teacher of the first rows
 # One factor at a time around the default recipe, all_joint (kd.* of configs/cctv_distill.yaml, the "feature_joint"
-# row; every row starts from random weights, see main()). The first rows (all_sw and its term ablations) were measured around the earlier recipe, all_sw, which is the
-# yaml with the feature term as the mean of three per-level means (ALL_SW pins it). "baseline" has no teacher.
+# row; every row starts from random weights, see main()). The first rows (all_sw and its term ablations) were
+# measured around the earlier recipe, all_sw, which is the yaml with the feature term as the mean of three per-level
+# means (ALL_SW pins it). "baseline" has no teacher.
 SETTINGS = {
     "baseline": None,
     "all_sw": ALL_SW,

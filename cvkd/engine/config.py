@@ -114,6 +114,12 @@ class KDConfig:
         "teacher is not two-stage), or fp32; on CUDA the teacher follows train.amp")
 
 
+    @property
+    def any_term(self) -> bool:
+        """Whether any KD term is on (else the teacher is not run)."""
+        return self.logit > 0 or self.feature > 0 or self.box > 0
+
+
 @dataclass
 class RunConfig:
     out: str = opt("runs", "parent folder of run folders")
@@ -129,7 +135,7 @@ class RunConfig:
             raise ConfigError(f"data.imgsz must be a multiple of 32, got {self.data.imgsz}")
         if self.train.epochs < 1 or self.train.batch < 1:
             raise ConfigError("train.epochs and train.batch must be >= 1")
-        uses_kd = self.kd.logit > 0 or self.kd.feature > 0 or self.kd.box > 0
+        uses_kd = self.kd.any_term
         if uses_kd and not self.kd.teacher:
             raise ConfigError("kd.logit/feature/box > 0 need a teacher: set kd.teacher=path/to/teacher.pt")
         if self.model.init_from == "teacher" and not self.kd.teacher:

@@ -130,7 +130,7 @@ def train(cfg: RunConfig) -> dict:
         raise ConfigError(f"train classes {class_names} differ from val classes {val_data.class_names}")
     student = build_student(cfg, class_names).to(device)
     teacher, distiller, teacher_bf16 = None, None, False
-    if cfg.kd.teacher and (cfg.kd.logit > 0 or cfg.kd.feature > 0 or cfg.kd.box > 0):  # else no teacher pass
+    if cfg.kd.teacher and cfg.kd.any_term:  # else no teacher pass
         teacher = load_detector(cfg.kd.teacher, device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
