@@ -261,9 +261,11 @@ def write_table(table: dict, last: int = 0) -> None:
         base = by_base.get((schedule(r), r["model"], *own_base))
         teacher = teachers.get(r.get("teacher", ""))
         r["gap_closed"] = ""
-        if teacher and base and r["role"] == "distilled":
+        # undefined (left empty) where the teacher is no better than the baseline: a 60-epoch student can beat
+        # the 30-epoch teacher, and a gap of zero or less has no fraction to close
+        if teacher and base and r["role"] == "distilled" and teacher["map"] > statistics.mean(base):
             b = statistics.mean(base)
-            r["gap_closed"] = (r["map"] - b) / max(teacher["map"] - b, 1e-9)
+            r["gap_closed"] = (r["map"] - b) / (teacher["map"] - b)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)

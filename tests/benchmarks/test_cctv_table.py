@@ -98,3 +98,18 @@ def test_two_teachers_of_one_config_are_two_rows_each_with_its_distilled_rows(be
     assert float(got["runs/a/kd0_rerun"]["gap_closed"]) == pytest.approx(0.4, abs=1e-4)
     table = capsys.readouterr().out
     assert "| teacher | none | linear | cvkd | teacher_rerun_linear_s0 | 1 | 0.4500 +- 0.0000 |" in table
+
+
+def test_gap_closed_is_empty_when_the_teacher_is_no_better_than_the_baseline(bench, capsys):
+    """A 60-epoch student can beat a 30-epoch teacher: no gap to close, so no fraction (not a division by ~0)."""
+    rows = [
+        _row("teacher", "none", 30, 0, 0.45, "runs/a/teacher"),
+        _row("student", "none", 60, 0, 0.51, "runs/b/s0"), _row("student", "none", 60, 1, 0.52, "runs/b/s1"),
+        _row("distilled", "ws", 60, 0, 0.58, "runs/b/ws0", "runs/a/teacher"),
+    ]
+    bench.write_table({bench.record_key(r): r for r in rows})
+    with bench.RESULTS.open() as f:
+        got = {r["role"]: r for r in csv.DictReader(f)}
+    assert got["distilled"]["gap_closed"] == ""
+    assert "| 60 | yolov8n | distilled | ws | linear | cvkd | teacher | 1 | 0.5800 +- 0.0000 | 0.5000 | nan |" \
+        in capsys.readouterr().out
