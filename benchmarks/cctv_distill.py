@@ -129,7 +129,9 @@ def run_cvkd(args, tool: str, config: str, name: str, seed: int, extra: list[str
     if _finished(run, args.epochs):
         return run
     cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
-    cmd += [f"resume={run}"] if (run / "config.yaml").is_file() else common(args, name, seed) + extra
+    # a resumed run keeps its saved config except where it runs: this invocation's --threads and --device
+    resume = [f"resume={run}", f"train.threads={args.threads}", f"train.device={args.device}"]
+    cmd += resume if (run / "config.yaml").is_file() else common(args, name, seed) + extra
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return run
@@ -302,7 +304,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the student rows (teacher: seed 0)")
     ap.add_argument("--rows", nargs="+", default=ALL_ROWS, choices=ALL_ROWS, help="which rows to run")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--threads", type=int, default=0, help="CPU threads per run, both tools (0 = their default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="CPU threads per run, both tools (0 = their default); a resumed cvkd run takes this value "
+                         "and --device, not the ones it started with")
     ap.add_argument("--dataset", default="cctv", choices=list(DATASETS),
                     help="cctv (default; results/cctv_distill.csv) or pennfudan (results/pennfudan_distill.csv)")
     ap.add_argument("--out", default=None, help="folder of the benchmark's runs (default runs/bench_<dataset>; "

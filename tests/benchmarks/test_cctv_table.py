@@ -1,4 +1,4 @@
-"""benchmarks/cctv_distill.py's table: rows of different schedules never share a baseline, teacher or mean."""
+"""benchmarks/cctv_distill.py: rows of different schedules never share a baseline, teacher or mean; resumed runs."""
 from __future__ import annotations
 
 import csv
@@ -113,3 +113,18 @@ def test_gap_closed_is_empty_when_the_teacher_is_no_better_than_the_baseline(ben
     assert got["distilled"]["gap_closed"] == ""
     assert "| 60 | yolov8n | distilled | ws | linear | cvkd | teacher | 1 | 0.5800 +- 0.0000 | 0.5000 | nan |" \
         in capsys.readouterr().out
+
+
+def test_a_resumed_run_takes_this_invocations_threads_and_device(bench, monkeypatch, tmp_path):
+    """Restarting a killed benchmark with another --threads must reach the resumed run, not keep the old count."""
+    import argparse
+
+    run = tmp_path / "teacher_linear_s0"
+    run.mkdir()
+    (run / "config.yaml").write_text("train:\n  threads: 1\n")
+    calls = []
+    monkeypatch.setattr(bench.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    args = argparse.Namespace(out=str(tmp_path), epochs=30, threads=2, device="cpu")
+    bench.run_cvkd(args, "train.py", "cctv_teacher.yaml", run.name, 0, ["kd.logit=4.0"])
+    (cmd,) = calls
+    assert cmd[-3:] == [f"resume={run}", "train.threads=2", "train.device=cpu"]
