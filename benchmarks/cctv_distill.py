@@ -248,6 +248,8 @@ def write_table(table: dict, last: int = 0) -> None:
         return (schedule(r), other_student(r), r.get("teacher") or "", 0 if r["role"] == "teacher" else 1,
                 r.get("interp") or "", pipeline_of(r), method, r["seed"])
 
+    for r in table.values():  # the CSV's precision: a freshly scored row gives what it will give once read back
+        r["map"], r["ap50"] = round(float(r["map"]), 4), round(float(r["ap50"]), 4)
     records = sorted(table.values(), key=order)
     by_base: dict = {}
     # keyed by the run folder relative to the repo, as the KD rows name their teacher (a row added by this process

@@ -128,3 +128,15 @@ def test_a_resumed_run_takes_this_invocations_threads_and_device(bench, monkeypa
     bench.run_cvkd(args, "train.py", "cctv_teacher.yaml", run.name, 0, ["kd.logit=4.0"])
     (cmd,) = calls
     assert cmd[-3:] == [f"resume={run}", "train.threads=2", "train.device=cpu"]
+
+
+def test_the_csv_reads_back_to_itself(bench):
+    """gap_closed from a freshly scored (unrounded) teacher equals gap_closed recomputed from the written CSV."""
+    rows = [_row("teacher", "none", 100, 0, 0.612361, "runs/t"), _row("student", "none", 100, 0, 0.5641, "runs/s"),
+            _row("distilled", "ws", 100, 1, 0.629349, "runs/ws", "runs/t")]
+    bench.write_table({bench.record_key(r): r for r in rows})
+    first = bench.RESULTS.read_text()
+    bench.write_table(bench.load_records())
+    assert bench.RESULTS.read_text() == first
+    gap = next(r for r in csv.DictReader(first.splitlines()) if r["role"] == "distilled")["gap_closed"]
+    assert float(gap) == pytest.approx((0.6293 - 0.5641) / (0.6124 - 0.5641), abs=1e-4)
