@@ -18,7 +18,7 @@ def test_wrong_kind_corrupt_and_foreign(tmp_path):
     with pytest.raises(CheckpointError, match="is a 'lm' checkpoint, expected a 'detector'"):
         load_checkpoint(tmp_path / "lm.pt", kind="detector")
     (tmp_path / "bad.pt.xz").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="bad.pt.xz: not a cvkd checkpoint or corrupt"):
+    with pytest.raises(CheckpointError, match="bad.pt.xz: not a checkpoint or corrupt"):
         load_checkpoint(tmp_path / "bad.pt.xz")
     torch.save({"weights": torch.zeros(1)}, tmp_path / "foreign.pt")
     with pytest.raises(CheckpointError, match="no cvkd header"):

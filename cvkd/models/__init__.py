@@ -73,7 +73,7 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> Detec
     try:
         ck = load_checkpoint(path, kind="detector")
     except CheckpointError as e:
-        if "no cvkd header" in str(e) or "not a cvkd checkpoint" in str(e):
+        if "no cvkd header" in str(e):  # a readable torch file of another format: try ultralytics
             adapter = YoloAdapter.from_ultralytics_checkpoint(path)  # raises its own one-line ModelError
             return adapter.to(device)
         raise ModelError(str(e)) from None

@@ -79,10 +79,12 @@ class YoloAdapter(DetectorAdapter):
     @classmethod
     def from_ultralytics_checkpoint(cls, path: str | Path) -> "YoloAdapter":
         """Load an ultralytics ``.pt`` (``ema`` weights if present, else ``model``)."""
+        from ..checkpoint import CheckpointError, torch_load
+
         try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # corrupt or not a torch file
-            raise ModelError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+            ck = torch_load(path)  # allowlisted unpickling: never runs code from the file
+        except CheckpointError as e:
+            raise ModelError(str(e)) from None
         model = (ck.get("ema") or ck.get("model")) if isinstance(ck, dict) else None
         if model is None or type(model).__name__ != "DetectionModel":
             raise ModelError(f"{path}: not an ultralytics detection checkpoint (got {type(model).__name__})")
