@@ -101,6 +101,8 @@ class KDConfig:
     feature_norm: Literal["level", "joint"] = opt(
         "level", "hint/PKD over pyramid levels: mean of per-level masked means, or one masked mean over the cells of "
         "all levels (joint: a level where the teacher-score mask is ~0 everywhere weighs ~0, docs/pseudo_labels.md)")
+    pkd_stats: Literal["channel", "image"] = opt("channel", "PKD standardisation: per channel over (N, H, W) as in "
+                                                 "the paper, or per image and channel over (H, W)")
     feature_t: float = opt(1.0, "temperature of CWD (e.g. 4) / FGD attention (e.g. 0.5)")
     feature_levels: list[int] = opt([0, 1, 2], "student pyramid levels to distil (matched to the teacher by stride)")
     box: float = opt(0.0, "weight of the box KD term (0 = off)")

@@ -156,7 +156,7 @@ class Distiller(nn.Module):
                     if cfg.feature_loss == "hint":
                         parts = hint_parts(f_s, f_t, mask, fg_map, cfg.feature_bg)
                     else:
-                        parts = pkd_parts(f_s, f_t, mask if fg_map is None else fg_map)
+                        parts = pkd_parts(f_s, f_t, mask if fg_map is None else fg_map, cfg.pkd_stats)
                     level_parts.append(parts)
                     level_losses.append(parts[0] / parts[1].clamp_min(1e-12))
             joint = cfg.feature_norm == "joint" and level_parts

@@ -144,8 +144,9 @@ def fgd_loss(
     """Focal part of FGD (Yang et al. 2022): attention-weighted MSE, foreground and background separated.
 
     ``L = alpha * sum M*A_S*A_C*(f_s - f_t)^2 + beta * sum (1-M)*A_S*A_C*(f_s - f_t)^2 + gamma * L_at``, with ``M``
-    the (area-normalised) foreground mask, ``A_S, A_C`` the teacher's spatial/channel attention, ``L_at`` the L1
-    between student and teacher attention maps. Normalised by the batch size, as in the paper. The global (GcBlock)
+    the (area-normalised) foreground mask, ``A_S, A_C`` the teacher's spatial/channel attention, and the paper's
+    attention term ``L_at = sum|A_S^s - A_S^t| / B + sum|A_C^s - A_C^t| / B`` (L1 summed, per image). Normalised by
+    the batch size, as in the paper. The global (GcBlock)
     relation term of FGD is not included.
 
     Args:
@@ -162,7 +163,7 @@ def fgd_loss(
     loss = (alpha_fg * (weighted * fg).sum() + beta_bg * (weighted * bg).sum()) / B
     if gamma_attn > 0:
         sp_s, ch_s = attention_masks(f_s, temperature, detach=False)
-        loss = loss + gamma_attn * ((sp_s - sp_t).abs().mean() + (ch_s - ch_t).abs().mean())
+        loss = loss + gamma_attn * ((sp_s - sp_t).abs().sum() + (ch_s - ch_t).abs().sum()) / B
     return loss
 
 
@@ -184,25 +185,37 @@ def cwd_loss(f_s: Tensor, f_t: Tensor, temperature: float = 4.0) -> Tensor:
     return temperature**2 * kd_divergence(rows_s, rows_t, temperature, "forward").mean()
 
 
-def pkd_normalize(f: Tensor, eps: float = 1e-6) -> Tensor:
-    """Per-sample, per-channel standardisation (zero mean, unit variance over H*W) used by PKD."""
-    mean = f.mean((2, 3), keepdim=True)
-    std = f.std((2, 3), keepdim=True, unbiased=False)
+def pkd_normalize(f: Tensor, stats: str = "channel", eps: float = 1e-6) -> Tensor:
+    """PKD's standardisation of a (B, C, H, W) feature map to zero mean and unit variance.
+
+    ``stats="channel"`` (the paper's form, Cao et al. 2022): each channel's mean and unbiased std over the whole
+    batch, i.e. over (N, H, W), so images keep their relative strength. ``stats="image"``: per image and channel over
+    (H, W) (biased std), which removes each image's scale as well.
+    """
+    if stats == "channel":
+        flat = f.transpose(0, 1).reshape(f.shape[1], -1)  # (C, N*H*W)
+        mean = flat.mean(1)[None, :, None, None]  # (1, C, 1, 1)
+        std = flat.std(1, unbiased=True)[None, :, None, None]  # (1, C, 1, 1)
+    elif stats == "image":
+        mean = f.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
+        std = f.std((2, 3), keepdim=True, unbiased=False)  # (B, C, 1, 1)
+    else:
+        raise ValueError(f"pkd stats must be 'channel' or 'image', got {stats!r}")
     return (f - mean) / (std + eps)
 
 
-def pkd_loss(f_s: Tensor, f_t: Tensor, mask: Tensor | None = None) -> Tensor:
+def pkd_loss(f_s: Tensor, f_t: Tensor, mask: Tensor | None = None, stats: str = "channel") -> Tensor:
     """PKD (Cao et al. 2022, "PKD: General Distillation Framework for Object Detectors via Pearson Correlation
     Coefficient"): MSE between standardised feature maps, ``0.5 * mean (norm(f_s) - norm(f_t))^2``, i.e.
     ``1 - Pearson r`` per channel. Insensitive to the teacher's feature scale, so it works across detector families.
 
     Args:
-        f_s, f_t: (B, C, H, W). mask: optional (B, H, W) spatial weights.
+        f_s, f_t: (B, C, H, W). mask: optional (B, H, W) spatial weights. stats: see :func:`pkd_normalize`.
     """
-    return 0.5 * feature_hint(pkd_normalize(f_s.float()), pkd_normalize(f_t.detach().float()), mask)
+    return 0.5 * feature_hint(pkd_normalize(f_s.float(), stats), pkd_normalize(f_t.detach().float(), stats), mask)
 
 
-def pkd_parts(f_s: Tensor, f_t: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def pkd_parts(f_s: Tensor, f_t: Tensor, mask: Tensor | None = None, stats: str = "channel") -> tuple[Tensor, Tensor]:
     """:func:`pkd_loss` as numerator and denominator, for :func:`feature_hint_levels`."""
-    num, den = hint_parts(pkd_normalize(f_s.float()), pkd_normalize(f_t.detach().float()), mask)
+    num, den = hint_parts(pkd_normalize(f_s.float(), stats), pkd_normalize(f_t.detach().float(), stats), mask)
     return 0.5 * num, den

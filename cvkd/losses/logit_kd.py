@@ -143,8 +143,9 @@ def sigmoid_kd(
     """Dense-head logit KD with independent per-class Bernoulli outputs (YOLO, FCOS, RetinaNet, GFL heads).
 
     Sigmoid heads have no softmax over classes, so Hinton's KD becomes a sum over classes of Bernoulli KLs:
-    ``T^2 * sum_k KL(Bern(sigmoid(z_t/T)) || Bern(sigmoid(z_s/T)))``, the form used for dense detectors by e.g.
-    "Distilling Object Detectors via Decoupled Features" and YOLOv6's KD (KL on class scores). Written as
+    ``T^2 * sum_k KL(Bern(sigmoid(z_t/T)) || Bern(sigmoid(z_s/T)))``: the binary-KL form of dense-head KD (as in
+    the sigmoid-output variants of LD/GFL-style distillation). Not YOLOv6's self-distillation, which applies a
+    softmax KL over the class scores (use :func:`kd_divergence` for that). Written as
     ``BCE(z_s/T, p_t) - BCE(z_t/T, p_t)`` so it is exactly 0 when student equals teacher.
 
     Anchor weighting: ``w = weight * (fg + bg_weight * (1 - fg))``, e.g. ``weight = teacher_score_weights(z_t)`` to

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from cvkd.losses import (
     fgd_loss,
     hint_parts,
     pkd_loss,
+    pkd_normalize,
     pkd_parts,
     resize_to,
 )
@@ -123,3 +126,31 @@ def test_pkd_scale_invariant():
 def test_shape_mismatch_is_clear():
     with pytest.raises(ValueError, match="feature shapes differ"):
         feature_hint(torch.zeros(1, 2, 3, 3), torch.zeros(1, 3, 3, 3))
+
+
+def test_fgd_attention_term_is_l1_sum_per_image():
+    """FGD's L_at = sum|A_s - A_t| / B (paper): teacher [0, 0] has spatial attention [1, 1]; a student with
+    |f| = [T ln 3, 0] has 2 * softmax([ln 3, 0]) = [1.5, 0.5], so the L1 sum is 1 per image (a mean would give 0.5)."""
+    T = 0.5
+    f_t = torch.zeros(2, 1, 1, 2)
+    f_s = torch.zeros(2, 1, 1, 2)
+    f_s[:, 0, 0, 0] = T * math.log(3.0)
+    fg = torch.zeros(2, 1, 2)
+    at = fgd_loss(f_s, f_t, fg, temperature=T, gamma_attn=1.0) - fgd_loss(f_s, f_t, fg, temperature=T, gamma_attn=0.0)
+    assert at.item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_pkd_channel_stats_are_the_default_and_image_stats_an_option():
+    # one channel, two images [0, 2] and [4, 6]: over (N, H, W) mean 3 and unbiased std sqrt(20 / 3)
+    f = torch.tensor([0.0, 2.0, 4.0, 6.0]).reshape(2, 1, 1, 2)
+    expect = (f - 3.0) / math.sqrt(20.0 / 3.0)
+    assert torch.allclose(pkd_normalize(f), expect, atol=1e-5)
+    assert torch.allclose(pkd_normalize(f, "image"), torch.tensor([-1.0, 1.0, -1.0, 1.0]).reshape(2, 1, 1, 2), atol=1e-5)
+    # a student that is the teacher with the second image scaled by 10: per-image stats cannot see it, the paper's can
+    f_s = f.clone()
+    f_s[1] *= 10
+    assert pkd_loss(f_s, f, stats="image").item() < 1e-8
+    assert pkd_loss(f_s, f).item() > 0.01
+    assert pkd_parts(f_s, f)[0].item() > 0 and pkd_parts(f_s, f, stats="image")[0].item() < 1e-8
+    with pytest.raises(ValueError, match="channel' or 'image"):
+        pkd_normalize(f, "batch")
