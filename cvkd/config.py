@@ -51,14 +51,14 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
-    if origin in (list, tuple):
+    if origin in (list, tuple) or typ in (list, tuple):
         if not isinstance(value, (list, tuple)):
             value = [value]
         inner = args[0] if args else Any
         return [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+    if origin is dict or typ is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping such as {{'0': person, '1': person}}, got {value!r}")
         return dict(value)
     if typ is Any:
         return value

@@ -30,6 +30,9 @@ def resolve_run_config(cls: type[T], config_path: str | None, overrides: list[st
     return cfg
 
 
+_new_run_dirs: list[Path] = []  # folders this process created, so a run that fails before any checkpoint leaves none
+
+
 def make_run_dir(out: str, name: str, resume: str) -> Path:
     """``out/name`` (``name2``, ``name3``... if taken), or the folder being resumed."""
     if resume:
@@ -38,8 +41,25 @@ def make_run_dir(out: str, name: str, resume: str) -> Path:
     path, i = base, 2
     while path.exists():
         path, i = base.with_name(f"{base.name}{i}"), i + 1
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot create the run folder ({e.strerror or type(e).__name__})") from None
+    _new_run_dirs.append(path)
     return path
+
+
+def discard_failed_run_dirs() -> None:
+    """Remove the run folders this process created that hold no checkpoint yet (the run failed before training)."""
+    import shutil
+
+    for h in [h for h in log.handlers if getattr(h, "_cvkd", False)]:
+        log.removeHandler(h)
+        h.close()
+    while _new_run_dirs:
+        path = _new_run_dirs.pop()
+        if path.is_dir() and not any(path.glob("*.pt")):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def setup_logging(run_dir: Path) -> None:
@@ -59,10 +79,19 @@ def setup_logging(run_dir: Path) -> None:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; anything else is one line."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
+        raise ConfigError(f"train.device={name}: expected auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name} but CUDA is not available on this machine")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("train.device=mps but MPS is not available on this machine")
     return torch.device(name)
 
 
@@ -119,6 +148,7 @@ def tool_main(argv: list[str] | None, description: str, config_cls: type, resolv
             raise ConfigError(f"{names[0]} trains without a teacher: use {names[1]}, or set kd.teacher=''")
         result = train(cfg)
     except (ConfigError, *errors) as e:
+        discard_failed_run_dirs()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

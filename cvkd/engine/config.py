@@ -133,6 +133,9 @@ class RunConfig:
     kd: KDConfig = field(default_factory=KDConfig, metadata={"help": "distillation terms"})
 
     def check(self) -> None:
+        from ..runs import pick_device
+
+        pick_device(self.train.device)  # a bad device is one line before any run folder exists
         if self.data.imgsz % 32:
             raise ConfigError(f"data.imgsz must be a multiple of 32, got {self.data.imgsz}")
         if self.train.epochs < 1 or self.train.batch < 1:

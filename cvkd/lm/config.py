@@ -61,6 +61,9 @@ class LMRunConfig:
     kd: LMKDConfig = field(default_factory=LMKDConfig, metadata={"help": "distillation from a teacher LM"})
 
     def check(self) -> None:
+        from ..runs import pick_device
+
+        pick_device(self.train.device)  # a bad device is one line before any run folder exists
         t, kd = self.train, self.kd
         if t.steps < 1 or t.batch < 1 or t.accum < 1 or t.eval_every < 1:
             raise ConfigError("train.steps, train.batch, train.accum and train.eval_every must be >= 1")
