@@ -29,16 +29,24 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(path: str | Path, kind: str, model_state: dict, meta: dict, **extra: Any) -> None:
+    """Write atomically: a temp file, then a rename. A full disk or a read-only folder is one ``CheckpointError``
+    naming the folder; the temp file is removed and the previous checkpoint at ``path`` is left intact."""
     path = Path(path)
     data = {"format": "cvkd", "kind": kind, "version": FORMAT_VERSION, "meta": meta, "model": model_state, **extra}
     tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".xz":  # xz-compressed (shipped checkpoints: fp16 weights compress by ~10 %)
-        buf = io.BytesIO()
-        torch.save(data, buf)
-        tmp.write_bytes(lzma.compress(buf.getvalue(), preset=6))
-    else:
-        torch.save(data, tmp)
-    os.replace(tmp, path)
+    try:
+        if path.suffix == ".xz":  # xz-compressed (shipped checkpoints: fp16 weights compress by ~10 %)
+            buf = io.BytesIO()
+            torch.save(data, buf)
+            tmp.write_bytes(lzma.compress(buf.getvalue(), preset=6))
+        else:
+            torch.save(data, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a failed write as RuntimeError
+        tmp.unlink(missing_ok=True)
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:100]
+        kept = "; the previous one is intact" if path.exists() else ""
+        raise CheckpointError(f"{path.parent}: cannot write {path.name} ({reason}){kept}") from None
 
 
 def _submodules(pkg_name: str) -> list[str]:

@@ -151,6 +151,10 @@ def tool_main(argv: list[str] | None, description: str, config_cls: type, resolv
         discard_failed_run_dirs()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk or a read-only run folder, outside the checkpoint writer
+        discard_failed_run_dirs()
+        print(f"error: {e.filename or 'output'}: cannot write ({e.strerror or type(e).__name__})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: resume with resume=<run folder>", file=sys.stderr)
         return 130

@@ -20,12 +20,16 @@ def write_rows(csv_path: Path, rows: list[dict]) -> None:
     for r in rows:
         keys.extend(k for k in r if k not in keys)
     tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in keys})
-    tmp.replace(csv_path)
+    try:
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in keys})
+        tmp.replace(csv_path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # the previous CSV stays; the caller reports the folder in one line
+        raise
 
 
 def plot_results(csv_path: Path, out_png: Path) -> None:

@@ -177,7 +177,7 @@ def train(cfg: RunConfig) -> dict:
     warmup_steps = max(round(cfg.train.warmup_epochs * nb), cfg.train.warmup_min_steps) if cfg.train.warmup_epochs > 0 else 0
 
     start_epoch, best_map = 0, -1.0
-    rows = read_rows(run_dir / "results.csv")
+    rows = read_rows(run_dir / "results.csv") if resuming else []  # no last.pt: rows of a killed epoch 1 go
     if resuming:
         ck = load_checkpoint(run_dir / "last.pt", kind="detector", map_location=device)
         student.model.load_state_dict(ck["model"])
@@ -286,11 +286,13 @@ def train(cfg: RunConfig) -> dict:
         if not same:
             raise TrainingError("student weights differ between processes after training (DDP out of sync)")
     final_model = ema.ema if ema is not None else student
-    if d.main and start_epoch < cfg.train.epochs:  # what the benchmarks use: final epoch, no best-on-val picking
-        save_checkpoint(run_dir / "final.pt", "detector", final_model.model.state_dict(),
-                        detector_meta(student, cfg, epoch=cfg.train.epochs, metrics=metrics))
     if not metrics and rows:  # resumed a finished run
         metrics = {k: float(rows[-1][k]) for k in ("map", "ap50", "ap75") if rows[-1].get(k)}
+    # what the benchmarks use: final epoch, no best-on-val picking; also written when resuming a run killed while
+    # writing it (last.pt of the final epoch holds the same weights)
+    if d.main and (start_epoch < cfg.train.epochs or not (run_dir / "final.pt").is_file()):
+        save_checkpoint(run_dir / "final.pt", "detector", final_model.model.state_dict(),
+                        detector_meta(student, cfg, epoch=cfg.train.epochs, metrics=metrics))
     log.info(f"done: {run_dir} map={metrics.get('map', float('nan')):.4f} ap50={metrics.get('ap50', float('nan')):.4f}")
     dist_cleanup(d)
     return {"run_dir": str(run_dir), **metrics}

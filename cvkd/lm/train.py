@@ -132,7 +132,7 @@ def train(cfg: LMRunConfig) -> dict:
              f"{cfg.train.batch * cfg.train.accum * mcfg.block_size} tokens/step")
 
     start, best = 0, float("inf")
-    rows = read_rows(run_dir / "results.csv")
+    rows = read_rows(run_dir / "results.csv") if ck is not None else []  # no last.pt: stale rows go
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
