@@ -46,6 +46,9 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
 
 
+COORD_SLACK = 0.01  # labelling tools round boxes at the border slightly past 0..1; the box policy clips those
+
+
 def parse_yolo_line(line: str, nc: int, where: str) -> tuple[int, float, float, float, float]:
     """``class cx cy w h`` (normalised) or a polygon ``class x1 y1 x2 y2 ...`` -> (class, cx, cy, w, h)."""
     parts = line.split()
@@ -68,6 +71,12 @@ def parse_yolo_line(line: str, nc: int, where: str) -> tuple[int, float, float, 
         cx, cy, w, h = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2, max(xs) - min(xs), max(ys) - min(ys)
     if w <= 0 or h <= 0:
         raise DataError(f"{where}: box width and height must be positive, got w={w:g} h={h:g}")
+    coords = vals[1:]
+    if max(coords) > 2.0:  # normalised values never get there: pixels (a common export mistake)
+        raise DataError(f"{where}: values up to {max(coords):g} look like pixel coordinates; YOLO labels are "
+                        "normalised to 0..1 (x and w divided by the image width, y and h by its height)")
+    if max(coords) > 1.0 + COORD_SLACK or min(coords) < -COORD_SLACK:
+        raise DataError(f"{where}: coordinates must lie in 0..1, got {line.strip()[:80]!r}")
     return cls, cx, cy, w, h
 
 
@@ -92,7 +101,7 @@ def yolo_to_coco(images_dir: str | Path, labels_dir: str | Path, names: list[str
             continue
         used.add(lab.resolve())
         n0 = len(anns)
-        for ln, line in enumerate(lab.read_text(encoding="utf-8").splitlines(), 1):
+        for ln, line in enumerate(lab.read_text(encoding="utf-8-sig").splitlines(), 1):
             if not line.strip():
                 continue
             cls, cx, cy, w, h = parse_yolo_line(line, len(names), f"{lab}:{ln}")

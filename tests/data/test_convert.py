@@ -93,12 +93,23 @@ def test_coco_to_yolo_skips_crowd_and_validates(tiny, tmp_path):
     ("2 0.5 0.5 0.2 0.2", "class 2 is out of range"),
     ("0 0.5 0.5 0.0 0.2", "width and height must be positive"),
     ("0.5 0.5 0.5 0.2 0.2", "class must be an integer"),
+    ("0 1.3 0.5 0.2 0.2", "coordinates must lie in 0..1"),
+    ("0 0.5 -0.2 0.2 0.2", "coordinates must lie in 0..1"),
+    ("0 320 240 64 128", "look like pixel coordinates"),
 ])
 def test_yolo_malformed_line_names_file_and_line(tmp_path, line, msg):
     src = make_yolo(tmp_path / "ds", {"a": f"0 0.5 0.5 0.1 0.1\n\n{line}\n"}, val=False)
     with pytest.raises(DataError) as e:
         convert_yolo(src, tmp_path / "out")
     assert "a.txt:3: " in str(e.value) and msg in str(e.value)
+
+
+def test_yolo_label_with_utf8_bom_and_border_rounding(tmp_path):
+    """A BOM (Windows editors) is not part of the class field; 1.005 at the border is rounding, clipped later."""
+    src = make_yolo(tmp_path / "ds", {"a": "\ufeff0 0.5 0.5 0.25 0.5\n1 0.9 0.5 0.205 0.2\n"}, val=False)
+    d = yolo_to_coco(src / "train" / "images", src / "train" / "labels", ["0", "1"])
+    assert [a["category_id"] for a in d["annotations"]] == [1, 2]
+    np.testing.assert_allclose(d["annotations"][0]["bbox"], [24, 8, 16, 16])
 
 
 def test_yolo_polygon_line_becomes_its_box(tmp_path):
