@@ -179,12 +179,15 @@ def load_coco(
     class_map: dict[str, str | None] | None = None,
     check_images: bool = True,
     box_policy: Literal["clip", "reject"] = "clip",
+    bad_images: Literal["stop", "skip"] = "stop",
 ) -> CocoData:
     """Read and validate a COCO instances json; ``file_name`` is relative to ``image_dir`` (default: the json's folder).
 
     ``class_map`` maps original category names to new class names (merge/rename); null or "" drops a category.
     ``check_images`` opens every image header (existence, corruption, size = json width/height).
     ``box_policy``: boxes extending outside the image are clipped to it (``clip``) or dropped (``reject``), counted.
+    ``bad_images``: an image that is missing, unreadable, truncated, of the wrong size or whose JPEG decoder reports
+    corrupt data stops the load in one line (``stop``), or is left out with its boxes and counted (``skip``).
     """
     if box_policy not in ("clip", "reject"):
         raise DataError(f"box_policy must be 'clip' or 'reject', got {box_policy!r}")
@@ -202,7 +205,10 @@ def load_coco(
     if check_images and not image_dir.is_dir():
         raise DataError(f"{src}: image folder {image_dir} not found")
 
+    if bad_images not in ("stop", "skip"):
+        raise DataError(f"bad_images must be 'stop' or 'skip', got {bad_images!r}")
     imgs: dict[int, dict] = {}
+    skipped: dict[int, str] = {}  # image id -> why (bad_images=skip)
     seen_files: set[str] = set()
     for i, im in enumerate(d["images"]):
         _require(im, ("id", "file_name", "width", "height"), f"{src}: images[{i}]")
@@ -218,9 +224,20 @@ def load_coco(
             raise DataError(f"{where}: duplicate file_name '{fn}'")
         seen_files.add(fn)
         if check_images:
-            check_image(image_dir / fn, (W, H), where)
+            try:
+                check_image(image_dir / fn, (W, H), where, decode=True)
+            except DataError as e:
+                if bad_images == "stop":
+                    raise DataError(f"{e}; set data.bad_images=skip to leave such images out") from None
+                skipped[iid] = str(e)
+                continue
         imgs[iid] = {"id": iid, "file_name": fn, "width": W, "height": H, "anns": []}
 
+    if skipped:
+        log.warning(f"{src}: left out {len(skipped)} bad image(s) and their boxes (data.bad_images=skip); first: "
+                    f"{next(iter(skipped.values()))}")
+        if not imgs:
+            raise DataError(f"{src}: every image is bad (first: {next(iter(skipped.values()))})")
     counts = {"clipped": 0, "rejected": 0, "outside": 0, "dropped": 0, "crowd": 0}
     seen_anns: set[int] = set()
     for i, a in enumerate(d["annotations"]):
@@ -232,6 +249,8 @@ def load_coco(
         where = f"{src}: annotation id {aid}"
         iid = _int(a["image_id"], where, "image_id")
         cid = _int(a["category_id"], where, "category_id")
+        if iid in skipped:
+            continue
         if iid not in imgs:
             raise DataError(f"{where}: image_id {iid} is not in 'images'")
         if cid not in table:
@@ -303,7 +322,8 @@ def load_split(cfg: Any, split: Literal["train", "val"]) -> CocoData:
     """Load the ``train`` or ``val`` set named by a data config (``{split}_json``, ``{split}_images``, ``class_map``,
     ``box_policy``, ``cache``)."""
     data = load_coco(getattr(cfg, f"{split}_json"), getattr(cfg, f"{split}_images"), getattr(cfg, "class_map", None),
-                     check_images=True, box_policy=getattr(cfg, "box_policy", "clip"))
+                     check_images=True, box_policy=getattr(cfg, "box_policy", "clip"),
+                     bad_images=getattr(cfg, "bad_images", "stop"))
     data.cache = bool(getattr(cfg, "cache", False))
     return data
 

@@ -71,7 +71,7 @@ def iter_frames(src: FrameSource, start: int, stop: int | None, every: int, skip
                 continue
             try:  # decode first: after ultralytics is imported, PIL (check_image) fails oddly on non-images
                 rgb = read_rgb(path)
-                check_image(path, None, str(src.path))  # truncated JPEG, PNG CRC
+                check_image(path, None, str(src.path), decode=True)  # truncated or corrupt JPEG, PNG CRC
             except DataError as e:
                 if not skip_bad:
                     raise DataError(f"{e} (pass --skip-bad to skip unreadable images)") from None

@@ -39,6 +39,8 @@ class DataConfig:
                                                    "YOLODataset (its mosaic/affine/HSV/flip; linear resize; the keys "
                                                    "above carry over, train_interp does not; docs/data.md)")
     box_policy: Literal["clip", "reject"] = opt("clip", "boxes partly outside the image: clip them or reject them")
+    bad_images: Literal["stop", "skip"] = opt("stop", "a missing, truncated or corrupt image (JPEG decoder warning): "
+                                              "stop with one line naming it, or skip it and its boxes (counted)")
     extra_train: list[dict] = opt([], "more labelled sets [{json: ..., images: ..., class_map: optional}], e.g. "
                                       "teacher pseudo-labels from tools/pseudo_label.py (hard-label KD)")
     unlabeled: list[str] = opt([], "folders of unlabelled frames: only the KD terms train on them (soft-label KD)")
