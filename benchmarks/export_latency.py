@@ -31,7 +31,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 
 from cvkd.checkpoint import CheckpointError  # noqa: E402
 from cvkd.data import DataError, load_coco  # noqa: E402
-from cvkd.export import (  # noqa: E402
+from cvkd.deploy import (  # noqa: E402
     CALIB_METHODS,
     ExportError,
     ExportRequest,

@@ -20,12 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import CheckpointError  # noqa: F401 (re-exported)
+
 FORMAT_VERSION = 1
 TRUST_ENV = "CVKD_TRUST_CHECKPOINTS"  # =1: unpickle anything (runs code from the file): only for files you trust
-
-
-class CheckpointError(ValueError):
-    """A checkpoint problem, reported as one line."""
 
 
 def save_checkpoint(path: str | Path, kind: str, model_state: dict, meta: dict, **extra: Any) -> None:

@@ -15,11 +15,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .errors import ConfigError  # noqa: F401 (re-exported)
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config problem, reported as one line."""
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

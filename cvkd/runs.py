@@ -78,20 +78,20 @@ def setup_logging(run_dir: Path) -> None:
     log.propagate = False
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, key: str = "train.device") -> torch.device:
     """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; anything else is one line."""
     import re
 
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", name):
-        raise ConfigError(f"train.device={name}: expected auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"{key}={name}: expected auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available on this machine")
+        raise ConfigError(f"{key}={name} but CUDA is not available on this machine")
     if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
-        raise ConfigError(f"train.device={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ConfigError(f"{key}={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("train.device=mps but MPS is not available on this machine")
+        raise ConfigError(f"{key}=mps but MPS is not available on this machine")
     return torch.device(name)
 
 
@@ -125,14 +125,15 @@ def console_logging(level: int = logging.INFO) -> None:
     root.setLevel(level)
 
 
-def tool_main(argv: list[str] | None, description: str, config_cls: type, resolve, train, errors: tuple,
-              require_teacher: bool, names: tuple[str, str], result_keys: tuple[str, ...]) -> int:
+def tool_main(argv: list[str] | None, description: str, config_cls: type, resolve, train, require_teacher: bool,
+              names: tuple[str, str], result_keys: tuple[str, ...]) -> int:
     """The command line of a train/distill tool pair: ``-c config.yaml key=value ...``, every config key in ``--help``,
     known errors as one line (exit 2). ``names``: (train tool, distill tool) for the wrong-tool message."""
     import argparse
     import sys
 
     from .config import describe
+    from .errors import CvkdError
 
     epilog = "config keys (set in the YAML or as key=value overrides):\n" + "\n".join(describe(config_cls))
     ap = argparse.ArgumentParser(description=description, epilog=epilog,
@@ -147,7 +148,7 @@ def tool_main(argv: list[str] | None, description: str, config_cls: type, resolv
         if not require_teacher and cfg.kd.teacher:
             raise ConfigError(f"{names[0]} trains without a teacher: use {names[1]}, or set kd.teacher=''")
         result = train(cfg)
-    except (ConfigError, *errors) as e:
+    except CvkdError as e:
         discard_failed_run_dirs()
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,14 +1,13 @@
 #!/usr/bin/env python
-"""Distil a student detector from a teacher: the student's own loss plus the KD terms chosen in the config.
+"""Distil a student detector from a teacher (same as `cvkd distill`).
 
-    python tools/distill.py --config configs/cctv_distill.yaml kd.teacher=runs/teacher/best.pt
+    python tools/distill.py --config configs/cctv_distill.yaml kd.teacher=checkpoints/teacher.pt
+
+A thin script over ``cvkd.commands.train``; needs ``pip install -e .`` (see the README).
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cvkd.engine.cli import main  # noqa: E402
+from cvkd.commands.train import distill_main as main
 
 if __name__ == "__main__":
-    sys.exit(main(None, "Distil a student from a teacher (kd.teacher). Same loop, data and schedule as "
-                        "tools/train.py, plus the logit/feature/box KD terms.", require_teacher=True))
+    sys.exit(main())

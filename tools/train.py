@@ -1,14 +1,13 @@
 #!/usr/bin/env python
-"""Train a detector without distillation (a teacher, or a baseline student).
+"""Train a detector without a teacher (same as `cvkd train`).
 
     python tools/train.py --config configs/cctv_student.yaml train.epochs=30 name=student_s0
+
+A thin script over ``cvkd.commands.train``; needs ``pip install -e .`` (see the README).
 """
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cvkd.engine.cli import main  # noqa: E402
+from cvkd.commands.train import train_main as main
 
 if __name__ == "__main__":
-    sys.exit(main(None, "Train a detector (no teacher). Writes config.yaml, results.csv/.png, last.pt, best.pt, "
-                        "train.log into out/name.", require_teacher=False))
+    sys.exit(main())

@@ -1,5 +1,2 @@
-"""The one exception type of cvkd.data: a data problem, reported as a single line."""
-
-
-class DataError(ValueError):
-    """A data problem, reported as one line (tools print ``error: <msg>`` and exit 2)."""
+"""cvkd.data's error type (defined with the others in :mod:`cvkd.errors`)."""
+from ..errors import DataError  # noqa: F401

@@ -42,7 +42,7 @@ class DataConfig:
     bad_images: Literal["stop", "skip"] = opt("stop", "a missing, truncated or corrupt image (JPEG decoder warning): "
                                               "stop with one line naming it, or skip it and its boxes (counted)")
     extra_train: list[dict] = opt([], "more labelled sets [{json: ..., images: ..., class_map: optional}], e.g. "
-                                      "teacher pseudo-labels from tools/pseudo_label.py (hard-label KD)")
+                                      "teacher pseudo-labels from cvkd pseudo-label (hard-label KD)")
     unlabeled: list[str] = opt([], "folders of unlabelled frames: only the KD terms train on them (soft-label KD)")
     unlabeled_batch: int = opt(0, "unlabelled images per step (0 = train.batch)")
     unlabeled_weight: float = opt(1.0, "weight of the KD terms on unlabelled frames")

@@ -85,7 +85,7 @@ class Distiller(nn.Module):
         super().__init__()
         if not student.dense_student:
             raise ModelError(f"a {student.family} model cannot be a distillation student (no dense outputs to train); "
-                             "use it as the teacher, or train it with tools/train.py")
+                             "use it as the teacher, or train it with cvkd train")
         check_pair(student, teacher)
         self.cfg = cfg
         self.pairs = pair_levels(student.strides, teacher.strides)  # [(level_s, level_t)] with equal strides

@@ -1,6 +1,6 @@
 """Training data beyond the labelled set: pseudo-labelled sets (hard-label KD) and unlabelled folders (soft-label KD).
 
-Hard-label KD: a teacher labels frames once (``tools/pseudo_label.py``) and the student trains on those labels as if
+Hard-label KD: a teacher labels frames once (``cvkd pseudo-label``) and the student trains on those labels as if
 they were ground truth (``data.extra_train``). Soft-label KD: on unlabelled frames (``data.unlabeled``) only the KD
 terms apply; where a term needs foreground (masks, the logit term's fg/bg split) the teacher's own confident boxes
 stand in for ground truth.

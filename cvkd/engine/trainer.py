@@ -14,6 +14,7 @@ from tqdm import tqdm
 from .. import __version__
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import ConfigError, save_config, to_dict
+from ..errors import TrainingError  # noqa: F401 (re-exported)
 from ..models import DetectorAdapter, ModelError, build_detector, load_detector
 from ..models.weight_select import init_from_larger
 from ..runs import make_run_dir, resolve_run_config, seed_everything, setup_logging
@@ -35,10 +36,6 @@ from .optim import ModelEMA, build_optimizer, set_lr
 from .report import plot_results, read_rows, write_rows
 
 log = logging.getLogger("cvkd")
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (non-finite loss, ...), reported as one line."""
 
 
 def resolve_config(config_path: str | None, overrides: list[str]) -> RunConfig:

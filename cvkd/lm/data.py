@@ -13,11 +13,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..errors import DataError  # noqa: F401 (re-exported)
+
 GUTENBERG_START, GUTENBERG_END = "*** START OF", "*** END OF"
-
-
-class DataError(ValueError):
-    """A data problem, reported as one line."""
 
 
 class CharTokenizer:

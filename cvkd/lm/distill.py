@@ -22,11 +22,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..errors import TrainingError  # noqa: F401 (re-exported)
 from ..losses.logit_kd import logit_kd
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (non-finite loss, ...), reported as one line."""
 
 
 def topk_buckets(logits_s: Tensor, logp_t: Tensor, index_t: Tensor, tail_t: Tensor, temperature: float

@@ -85,6 +85,7 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> Detec
     missing, unexpected = adapter.model.load_state_dict(ck["model"], strict=False)
     if missing or unexpected:
         raise ModelError(f"{path}: weights do not match the architecture ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    adapter.imgsz = meta.get("imgsz")  # what it was trained at: the default input size of predict
     return adapter.float().to(device)
 
 

@@ -12,9 +12,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
-
-class ModelError(ValueError):
-    """A model problem (wrong checkpoint kind, unpairable teacher/student), reported as one line."""
+from ..errors import ModelError  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -51,6 +49,7 @@ class DetectorAdapter(nn.Module):
     strides: list[int]
     dense_student: bool = True  # False: forward() has no trainable dense outputs, so it can teach but not be distilled
     bf16_teacher: bool = True  # outputs move smoothly with precision (kd.teacher_precision=auto may use bf16)
+    imgsz: int | None = None  # the input size it was trained at, when the checkpoint says (predict's default)
 
     @property
     def num_classes(self) -> int:

@@ -1,4 +1,4 @@
-"""torchvision Faster R-CNN as a cvkd detector: trainable with ``tools/train.py``, and a *teacher* for dense students.
+"""torchvision Faster R-CNN as a cvkd detector: trainable with ``cvkd train``, and a *teacher* for dense students.
 
 Faster R-CNN's predictions are not dense: its RPN scores anchors, then its ROI head classifies a few hundred
 proposals. The dense KD terms need one class score and one box per student anchor, so this adapter renders them from
@@ -11,7 +11,7 @@ prior), and the cell's box is the box of its best detection. What a student can 
 - logit KD against the rendered score map, a dense soft pseudo-label (``kd.logit``; background cells target ~0);
 - box KD by IoU imitation of the rendered boxes (``kd.box_loss=iou`` or ``bounded``; there are no DFL bins, so LD is
   refused), weighted by the rendered score;
-- hard pseudo-labels offline (``tools/pseudo_label.py``): ``predict()`` returns the ROI head's detections.
+- hard pseudo-labels offline (``cvkd pseudo-label``): ``predict()`` returns the ROI head's detections.
 
 It cannot be a distillation *student* (its training outputs are sampled proposals, not a dense map).
 

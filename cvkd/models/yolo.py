@@ -90,7 +90,10 @@ class YoloAdapter(DetectorAdapter):
             raise ModelError(f"{path}: not an ultralytics detection checkpoint (got {type(model).__name__})")
         names = model.names if isinstance(model.names, list) else [model.names[i] for i in sorted(model.names)]
         arch = {"name": model.yaml.get("yaml_file", "yolo"), "yaml": model.yaml}
-        return cls(model.float(), names, arch)
+        adapter = cls(model.float(), names, arch)
+        imgsz = (ck.get("train_args") or {}).get("imgsz")
+        adapter.imgsz = imgsz if isinstance(imgsz, int) else None
+        return adapter
 
     def arch_spec(self) -> dict:
         """What is needed to rebuild the network before loading a state dict."""

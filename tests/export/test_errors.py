@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cvkd.checkpoint import save_checkpoint
-from cvkd.export import ExportError, OrtDetector
+from cvkd.deploy import ExportError, OrtDetector
 
 from .conftest import load_script
 

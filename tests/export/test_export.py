@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from cvkd.export import (
+from cvkd.deploy import (
     OrtDetector,
     export_onnx,
     ort_session,
@@ -131,7 +131,7 @@ def test_opset_range_exports(detector, tmp_path, opset):
 
 def test_openvino_ir(tool_run, tmp_path):
     ov = pytest.importorskip("openvino")
-    from cvkd.export import to_openvino
+    from cvkd.deploy import to_openvino
 
     src = tmp_path / "m.onnx"
     src.write_bytes((tool_run[2] / f"student_{IMGSZ}_full_fp32.onnx").read_bytes())
@@ -140,12 +140,24 @@ def test_openvino_ir(tool_run, tmp_path):
     got = ov.Core().compile_model(str(xml), "CPU")(x)[0]
     ref = ort_session(src).run(None, {"images": x})[0]
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
+    # cvkd predict on the IR: the same detections as on the ONNX file it came from
+    from cvkd.deploy.predict import PredictOptions, predict
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2 = pytest.importorskip("cv2")
+    cv2.imwrite(str(folder / "a.png"), (_image()[0].permute(1, 2, 0).numpy()[..., ::-1] * 255).astype(np.uint8))
+    opts = PredictOptions(conf=0.0, max_det=20)
+    a, b = predict(src, folder, None, opts, progress=False), predict(xml, folder, None, opts, progress=False)
+    top = [sorted((p["score"] for p in r.predictions), reverse=True)[:5] for r in (a, b)]  # a random model's
+    assert len(top[0]) == 5  # low scores sit near NMS ties, which rounding can flip: compare the top ones
+    np.testing.assert_allclose(top[0], top[1], atol=1e-3)
 
 
 def test_other_families_export_full_through_their_forward(detector, tmp_path):
     import copy
 
-    from cvkd.export import ExportError
+    from cvkd.deploy import ExportError
 
     other = copy.deepcopy(detector)
     other.family = "timm"  # any non-YOLO adapter: the full variant traces its own forward()
@@ -161,7 +173,7 @@ def test_other_families_export_full_through_their_forward(detector, tmp_path):
 
 
 def test_ultralytics_checkpoint_exports(detector, ckpt, tmp_path):
-    from cvkd.export import load_for_export
+    from cvkd.deploy import load_for_export
     from cvkd.models.export_ultralytics import to_ultralytics_checkpoint
 
     adapter = load_for_export(to_ultralytics_checkpoint(ckpt, tmp_path / "ul.pt", imgsz=IMGSZ))

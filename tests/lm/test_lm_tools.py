@@ -11,9 +11,14 @@ import torch
 
 import cvkd.lm.train as lm_train
 from cvkd.checkpoint import load_checkpoint, save_checkpoint
+from cvkd.commands.train import distill_lm_main, train_lm_main
 from cvkd.config import describe
-from cvkd.lm.cli import main
 from cvkd.lm.config import LMRunConfig
+
+
+def main(argv: list[str], _description: str, require_teacher: bool) -> int:
+    return (distill_lm_main if require_teacher else train_lm_main)(argv)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model.n_layer=1", "model.n_head=2", "model.n_embd=16", "model.block_size=16", "train.batch=4",

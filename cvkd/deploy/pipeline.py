@@ -1,4 +1,4 @@
-"""What tools/export.py and benchmarks/export_latency.py share: load a checkpoint for export, write the set of files
+"""What cvkd export and benchmarks/export_latency.py share: load a checkpoint for export, write the set of files
 (ONNX FP32 full/raw, INT8, OpenVINO IR), score them with the COCO evaluator, print markdown tables."""
 from __future__ import annotations
 

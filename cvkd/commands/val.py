@@ -1,0 +1,135 @@
+"""COCO box mAP (pycocotools) of a predictions json, or of a model run over a validation set.
+
+Score an existing predictions json (COCO results format: [{image_id, category_id, bbox [x,y,w,h], score}, ...]):
+
+    cvkd val --pred preds.json --gt data/cctv_people/val.json \\
+        --images ../shared/datasets/cctv_people/valid/images
+
+Run a checkpoint (cvkd or ultralytics .pt) over a validation set:
+
+    cvkd val --weights runs/student/best.pt --gt datasets/cctv_mini/val.json \\
+        --images datasets/cctv_mini/images/val --class-map '{"0": person, "1": person}' --imgsz 320
+    cvkd val --weights runs/student/best.pt --data configs/cctv_student.yaml
+
+The ground truth is the validated, class-remapped set: with --class-map, merged categories are merged in the ground
+truth too, and prediction category ids are mapped the same way. Errors print one line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cvkd.data import check_class_names, load_coco
+from cvkd.data.coco import parse_class_map
+from cvkd.errors import ConfigError, CvkdError
+from cvkd.eval import (
+    append_csv,
+    csv_row,
+    evaluate,
+    format_table,
+    score_predictions,
+    write_metrics,
+    write_predictions,
+)
+from cvkd.runs import console_logging
+
+
+def data_from_config(path: str) -> tuple[str, str, dict | None, int]:
+    """(val_json, val_images, class_map, imgsz) from the data section of a run config YAML."""
+    from cvkd.config import from_dict, load_yaml
+    from cvkd.engine.config import DataConfig
+
+    cfg = from_dict(DataConfig, load_yaml(path).get("data"), "data")
+    return cfg.val_json, cfg.val_images, cfg.class_map, cfg.imgsz
+
+
+def run_model(args: argparse.Namespace, data, imgsz: int) -> tuple[dict, list]:
+    """Mode 2: load the checkpoint with cvkd.models.load_detector and evaluate it."""
+    from cvkd.models import load_detector
+    from cvkd.runs import pick_device
+
+    device = pick_device(args.device, key="--device")
+    model = load_detector(args.weights, device).eval()
+    check_class_names(data.class_names, list(model.class_names), f"{args.weights} on {data.json_path}")
+
+    def predict(img):
+        return model.predict(img, conf=args.conf, iou=args.iou, max_det=args.max_det)
+
+    preds: list = []
+    metrics = evaluate(predict, data, imgsz, args.batch, device, workers=args.workers, cache=False,
+                       predictions_out=preds)
+    return metrics, preds
+
+
+def run(args: argparse.Namespace) -> dict:
+    if bool(args.pred) == bool(args.weights):
+        raise ConfigError("give exactly one of --pred (score a predictions json) or --weights (run a model)")
+    gt, images, class_map, imgsz = args.gt, args.images, parse_class_map(args.class_map), args.imgsz
+    if args.data:
+        if not args.weights:
+            raise ConfigError("--data is for --weights; with --pred give --gt (and --images)")
+        gt, images, cfg_map, cfg_imgsz = data_from_config(args.data)
+        class_map = class_map if class_map is not None else cfg_map
+        imgsz = imgsz or cfg_imgsz
+    if not gt:
+        raise ConfigError("--gt (ground-truth COCO json) is required" + (" (or --data)" if args.weights else ""))
+    if args.weights and not images:
+        raise ConfigError("--weights needs --images (the image folder of --gt), or --data")
+    data = load_coco(gt, images, class_map, check_images=images is not None, box_policy=args.box_policy)
+    if args.pred:
+        metrics, preds = score_predictions(args.pred, data), None
+    else:
+        metrics, preds = run_model(args, data, imgsz or 640)
+    print(format_table(metrics))
+    if args.save_pred and preds is not None:
+        print(f"predictions: {write_predictions(preds, args.save_pred)}")
+    if args.metrics_out:
+        print(f"metrics: {write_metrics(metrics, args.metrics_out)}")
+    if args.csv:
+        row = csv_row(metrics, name=args.name or "", source=args.pred or args.weights, gt=gt)
+        print(f"csv row appended: {append_csv(args.csv, row)}")
+    return metrics
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pred", help="mode 1: detections json to score (COCO results format, boxes in original pixels)")
+    ap.add_argument("--weights", help="mode 2: checkpoint to run (cvkd .pt from cvkd train, or an ultralytics .pt)")
+    ap.add_argument("--gt", help="ground-truth COCO instances json")
+    ap.add_argument("--images", help="image folder of --gt (file_name is relative to it); with --pred optional: "
+                    "when given, every image is checked (exists, not corrupt, size matches the json)")
+    ap.add_argument("--data", help="mode 2 alternative to --gt/--images: a run config YAML; its data.val_json, "
+                    "data.val_images, data.class_map and data.imgsz are used")
+    ap.add_argument("--class-map", help="merge/rename categories, inline YAML/JSON or a file: '{\"0\": person, "
+                    "\"1\": person}' maps original category names to class names; null drops a category")
+    ap.add_argument("--box-policy", choices=["clip", "reject"], default="clip",
+                    help="ground-truth boxes extending outside their image: clip them to it or drop them (counted)")
+    ap.add_argument("--imgsz", type=int, default=None, help="mode 2: square input size, a multiple of 32 (default 640, "
+                    "or data.imgsz of --data)")
+    ap.add_argument("--batch", type=int, default=16, help="mode 2: images per forward pass (default 16)")
+    ap.add_argument("--device", default="auto", help="mode 2: auto, cpu, cuda, cuda:1 ... (default auto)")
+    ap.add_argument("--workers", type=int, default=0, help="mode 2: data-loader worker processes (default 0)")
+    ap.add_argument("--conf", type=float, default=0.001, help="mode 2: score threshold before NMS (default 0.001)")
+    ap.add_argument("--iou", type=float, default=0.7, help="mode 2: NMS IoU threshold (default 0.7)")
+    ap.add_argument("--max-det", type=int, default=300, help="mode 2: detections kept per image (default 300)")
+    ap.add_argument("--save-pred", help="mode 2: write the scored detections json here")
+    ap.add_argument("--metrics-out", help="write all metrics (including per-class AP) as json here")
+    ap.add_argument("--csv", help="append one row of summary metrics to this CSV (header written once)")
+    ap.add_argument("--name", help="value of the 'name' column of the CSV row")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console_logging(logging.INFO)
+    try:
+        run(args)
+    except CvkdError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
