@@ -17,6 +17,14 @@ import yaml
 
 from .errors import ConfigError  # noqa: F401 (re-exported)
 
+
+def setting(default, help: str):
+    """A config dataclass field with a default and the one-line help that ``--help`` shows."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 T = TypeVar("T")
 
 

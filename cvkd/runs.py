@@ -1,16 +1,19 @@
-"""What every cvkd run shares, detector or language model: the resolved config (with resume), the run folder, the
-log file, the device and the seeds."""
+"""The run shell every cvkd training shares, detector or language model: the resolved config (with resume), the run
+folder, the log file, the device and processes (torchrun), the results CSV and plot, atomic checkpoints, the resume
+state, the non-finite-loss guard and the replica check; and the command line of the train/distill commands."""
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, save_config
+from .errors import TrainingError
 
 T = TypeVar("T")
 log = logging.getLogger("cvkd")
@@ -102,6 +105,88 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+
+
+class Run:
+    """One training run's shell. ``kind`` is the checkpoint kind (``detector``/``lm``); ``progress`` the CSV column
+    that counts progress (``epoch``/``step``); ``plot(csv, png)`` draws the results. Under torchrun only rank 0
+    writes; every rank gets the same folder."""
+
+    def __init__(self, cfg: Any, kind: str, progress: str, plot: Callable[[Path, Path], None]):
+        from .engine.distributed import setup
+
+        self.cfg, self.kind, self.progress, self.plot = cfg, kind, progress, plot
+        self.d, self.device = setup(cfg.train.device)  # one process, or one per GPU/CPU slot under torchrun
+        self.dir: Path | None = None
+
+    def start(self) -> "Run":
+        """Create (or reopen) the run folder: log file, saved config, the resume state. What can be checked before
+        (a teacher file, say) is best checked before this, so that a bad input leaves no folder behind."""
+        from .engine.distributed import broadcast
+
+        cfg, kind = self.cfg, self.kind
+        self.dir = Path(broadcast(self.d, str(make_run_dir(cfg.out, cfg.name, cfg.resume)) if self.d.main else None))
+        if self.d.main:
+            setup_logging(self.dir)
+            save_config(cfg, self.dir / "config.yaml")
+        self.last = self.dir / "last.pt"
+        self.resumed: dict | None = None  # the last.pt being resumed (on the CPU)
+        self.rows: list[dict] = []
+        if cfg.resume and self.last.is_file():
+            from .checkpoint import load_checkpoint
+            from .engine.report import read_rows
+
+            self.resumed = load_checkpoint(self.last, kind=kind, map_location="cpu")
+            self.rows = read_rows(self.dir / "results.csv")
+        elif cfg.resume:  # killed before its first checkpoint: its CSV rows (if any) go with it
+            log.info(f"resume: {self.dir} has no last.pt yet, starting from the beginning")
+        return self
+
+    @property
+    def main(self) -> bool:
+        return self.d.main
+
+    def keep_rows_upto(self, done: int) -> None:
+        """Drop CSV rows past the resumed checkpoint (a killed run may have logged progress it did not save)."""
+        self.rows = [r for r in self.rows if int(r[self.progress]) <= done]
+
+    def add_row(self, row: dict) -> None:
+        from .engine.report import write_rows
+
+        self.rows.append(row)
+        if self.main:
+            write_rows(self.dir / "results.csv", self.rows)
+            self.plot(self.dir / "results.csv", self.dir / "results.png")
+
+    def save(self, name: str, weights: dict, meta: dict, **state) -> None:
+        """An atomic checkpoint ``name`` in the run folder (rank 0 only)."""
+        from .checkpoint import save_checkpoint
+
+        if self.main:
+            save_checkpoint(self.dir / name, self.kind, weights, meta, **state)
+
+    def check_finite(self, total: torch.Tensor, terms: dict, where: str) -> None:
+        """Stop in one line, naming the first non-finite term, before a bad step reaches the weights."""
+        if not torch.isfinite(total):
+            bad = next((k for k, v in terms.items() if not torch.isfinite(torch.as_tensor(v))), "total")
+            raise TrainingError(f"non-finite loss in term '{bad}' {where}: run stopped; "
+                                f"last good checkpoint: {self.last}")
+
+    def barrier(self) -> None:
+        from .engine.distributed import barrier
+
+        barrier(self.d)
+
+    def finish(self, model: torch.nn.Module) -> None:
+        """Under torchrun: check every process holds the same weights, then leave the process group."""
+        from .engine.distributed import check_replicas, cleanup
+
+        if self.d.enabled:
+            same = check_replicas(self.d, model)
+            log.info(f"weights identical on all {self.d.world} processes: {same}")
+            cleanup(self.d)
+            if not same:
+                raise TrainingError("weights differ between processes after training (DDP out of sync)")
 
 
 class _CurrentStderr(logging.StreamHandler):

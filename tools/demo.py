@@ -13,17 +13,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
 
 def main() -> int:
-    from cvkd.checkpoint import CheckpointError
-    from cvkd.config import ConfigError
-    from cvkd.data import CocoDataset, DataError, load_split
-    from cvkd.engine.trainer import TrainingError, resolve_config, train
+    from cvkd.data import CocoDataset, load_split
+    from cvkd.engine.trainer import resolve_config, train
+    from cvkd.errors import CvkdError
     from cvkd.eval import evaluate
-    from cvkd.models import ModelError, load_detector
+    from cvkd.models import load_detector
     from cvkd.runs import pick_device
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,7 +38,7 @@ def main() -> int:
         no_kd = ["name=demo_student", "kd.teacher=", "model.init_from=", "kd.logit=0", "kd.feature=0", "kd.box=0"]
         base = train(resolve_config(args.config, [*args.overrides, *no_kd]))
         kd = train(resolve_config(args.config, [*args.overrides, "name=demo_distill"]))
-    except (ConfigError, DataError, ModelError, CheckpointError, TrainingError) as e:
+    except CvkdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n| model | mAP@[.5:.95] | AP50 |\n|---|---|---|")

@@ -20,17 +20,16 @@ from pathlib import Path
 
 import cv2
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cvkd.data import DataError, load_coco  # noqa: E402
-from cvkd.data.convert import (  # noqa: E402
+from cvkd.data import DataError, load_coco
+from cvkd.data.convert import (
     labels_dir_for,
     list_images,
     read_yolo_yaml,
     write_json,
     yolo_to_coco,
 )
-from cvkd.data.images import read_rgb  # noqa: E402
-from cvkd.data.transforms import resize_long_side  # noqa: E402
+from cvkd.data.images import read_rgb
+from cvkd.data.transforms import resize_long_side
 
 QUALITIES = (95, 90, 85, 80, 75, 70, 65, 60, 50, 40)
 ROBOFLOW_COPY = re.compile(r"^(.*)_(?:jpe?g|png)\.rf\.[0-9a-f]+$", re.IGNORECASE)

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from cvkd.data.pseudo import PseudoOptions, parse_class_conf, pseudo_label
+from cvkd.engine.pseudo import PseudoOptions, parse_class_conf, pseudo_label
 from cvkd.errors import CvkdError
 
 

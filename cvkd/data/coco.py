@@ -173,6 +173,87 @@ def _parse_box(a: dict, img: dict, src: str, policy: str, counts: dict) -> list[
     return [cx1, cy1, cx2 - cx1, cy2 - cy1]
 
 
+def _read_images(images: list, image_dir: Path, src: str, check_images: bool,
+                 bad_images: str) -> tuple[dict[int, dict], dict[int, str]]:
+    """Validated image entries by id (each with an empty ``anns`` list), and the skipped bad ones (id -> why)."""
+    imgs: dict[int, dict] = {}
+    skipped: dict[int, str] = {}  # image id -> why (bad_images=skip)
+    seen_files: set[str] = set()
+    for i, im in enumerate(images):
+        _require(im, ("id", "file_name", "width", "height"), f"{src}: images[{i}]")
+        iid = _int(im["id"], f"{src}: images[{i}]", "id")
+        where = f"{src}: image id {iid}"
+        if iid in imgs:
+            raise DataError(f"{src}: duplicate image id {iid}")
+        W, H = _int(im["width"], where, "width"), _int(im["height"], where, "height")
+        if W <= 0 or H <= 0:
+            raise DataError(f"{where}: width and height must be positive, got {W}x{H}")
+        fn = str(im["file_name"])
+        if fn in seen_files:
+            raise DataError(f"{where}: duplicate file_name '{fn}'")
+        seen_files.add(fn)
+        if check_images:
+            try:
+                check_image(image_dir / fn, (W, H), where, decode=True)
+            except DataError as e:
+                if bad_images == "stop":
+                    raise DataError(f"{e}; set data.bad_images=skip to leave such images out") from None
+                skipped[iid] = str(e)
+                continue
+        imgs[iid] = {"id": iid, "file_name": fn, "width": W, "height": H, "anns": []}
+    if skipped:
+        log.warning(f"{src}: left out {len(skipped)} bad image(s) and their boxes (data.bad_images=skip); first: "
+                    f"{next(iter(skipped.values()))}")
+        if not imgs:
+            raise DataError(f"{src}: every image is bad (first: {next(iter(skipped.values()))})")
+    return imgs, skipped
+
+
+def _read_annotations(annotations: list, imgs: dict[int, dict], skipped: dict[int, str], table: dict, src: str,
+                      box_policy: str, counts: dict) -> None:
+    """Validate each annotation and append (box, class, id, crowd, area) to its image's ``anns``; counts what went."""
+    seen_anns: set[int] = set()
+    for i, a in enumerate(annotations):
+        _require(a, ("id", "image_id", "category_id", "bbox"), f"{src}: annotations[{i}]")
+        aid = _int(a["id"], f"{src}: annotations[{i}]", "id")
+        if aid in seen_anns:
+            raise DataError(f"{src}: duplicate annotation id {aid}")
+        seen_anns.add(aid)
+        where = f"{src}: annotation id {aid}"
+        iid = _int(a["image_id"], where, "image_id")
+        cid = _int(a["category_id"], where, "category_id")
+        if iid in skipped:
+            continue
+        if iid not in imgs:
+            raise DataError(f"{where}: image_id {iid} is not in 'images'")
+        if cid not in table:
+            raise DataError(f"{where}: category_id {cid} is not in 'categories'")
+        box = _parse_box(a, imgs[iid], src, box_policy, counts)
+        if box is None:
+            continue
+        if table[cid] is None:
+            counts["dropped"] += 1
+            continue
+        crowd = bool(a.get("iscrowd", 0))
+        counts["crowd"] += int(crowd)
+        area = float(a["area"]) if isinstance(a.get("area"), (int, float)) else box[2] * box[3]
+        area = min(area, box[2] * box[3]) if box != list(map(float, a["bbox"])) else area  # clipped: shrink area
+        imgs[iid]["anns"].append((box, table[cid], aid, crowd, area))
+
+
+def _record(im: dict, image_dir: Path) -> ImageRecord:
+    anns = im.pop("anns")
+    return ImageRecord(
+        id=im["id"], file_name=im["file_name"], path=image_dir / im["file_name"], width=im["width"],
+        height=im["height"],
+        bbox=np.array([a[0] for a in anns], dtype=np.float64).reshape(-1, 4),
+        labels=np.array([a[1] for a in anns], dtype=np.int64),
+        ann_ids=np.array([a[2] for a in anns], dtype=np.int64),
+        iscrowd=np.array([a[3] for a in anns], dtype=bool),
+        areas=np.array([a[4] for a in anns], dtype=np.float64),
+    )
+
+
 def load_coco(
     json_path: str | Path,
     image_dir: str | Path | None = None,
@@ -207,78 +288,10 @@ def load_coco(
 
     if bad_images not in ("stop", "skip"):
         raise DataError(f"bad_images must be 'stop' or 'skip', got {bad_images!r}")
-    imgs: dict[int, dict] = {}
-    skipped: dict[int, str] = {}  # image id -> why (bad_images=skip)
-    seen_files: set[str] = set()
-    for i, im in enumerate(d["images"]):
-        _require(im, ("id", "file_name", "width", "height"), f"{src}: images[{i}]")
-        iid = _int(im["id"], f"{src}: images[{i}]", "id")
-        where = f"{src}: image id {iid}"
-        if iid in imgs:
-            raise DataError(f"{src}: duplicate image id {iid}")
-        W, H = _int(im["width"], where, "width"), _int(im["height"], where, "height")
-        if W <= 0 or H <= 0:
-            raise DataError(f"{where}: width and height must be positive, got {W}x{H}")
-        fn = str(im["file_name"])
-        if fn in seen_files:
-            raise DataError(f"{where}: duplicate file_name '{fn}'")
-        seen_files.add(fn)
-        if check_images:
-            try:
-                check_image(image_dir / fn, (W, H), where, decode=True)
-            except DataError as e:
-                if bad_images == "stop":
-                    raise DataError(f"{e}; set data.bad_images=skip to leave such images out") from None
-                skipped[iid] = str(e)
-                continue
-        imgs[iid] = {"id": iid, "file_name": fn, "width": W, "height": H, "anns": []}
-
-    if skipped:
-        log.warning(f"{src}: left out {len(skipped)} bad image(s) and their boxes (data.bad_images=skip); first: "
-                    f"{next(iter(skipped.values()))}")
-        if not imgs:
-            raise DataError(f"{src}: every image is bad (first: {next(iter(skipped.values()))})")
+    imgs, skipped = _read_images(d["images"], image_dir, src, check_images, bad_images)
     counts = {"clipped": 0, "rejected": 0, "outside": 0, "dropped": 0, "crowd": 0}
-    seen_anns: set[int] = set()
-    for i, a in enumerate(d["annotations"]):
-        _require(a, ("id", "image_id", "category_id", "bbox"), f"{src}: annotations[{i}]")
-        aid = _int(a["id"], f"{src}: annotations[{i}]", "id")
-        if aid in seen_anns:
-            raise DataError(f"{src}: duplicate annotation id {aid}")
-        seen_anns.add(aid)
-        where = f"{src}: annotation id {aid}"
-        iid = _int(a["image_id"], where, "image_id")
-        cid = _int(a["category_id"], where, "category_id")
-        if iid in skipped:
-            continue
-        if iid not in imgs:
-            raise DataError(f"{where}: image_id {iid} is not in 'images'")
-        if cid not in table:
-            raise DataError(f"{where}: category_id {cid} is not in 'categories'")
-        box = _parse_box(a, imgs[iid], src, box_policy, counts)
-        if box is None:
-            continue
-        if table[cid] is None:
-            counts["dropped"] += 1
-            continue
-        crowd = bool(a.get("iscrowd", 0))
-        counts["crowd"] += int(crowd)
-        area = float(a["area"]) if isinstance(a.get("area"), (int, float)) else box[2] * box[3]
-        area = min(area, box[2] * box[3]) if box != list(map(float, a["bbox"])) else area  # clipped: shrink area
-        imgs[iid]["anns"].append((box, table[cid], aid, crowd, area))
-
-    records = []
-    for im in imgs.values():
-        anns = im.pop("anns")
-        records.append(ImageRecord(
-            id=im["id"], file_name=im["file_name"], path=image_dir / im["file_name"], width=im["width"],
-            height=im["height"],
-            bbox=np.array([a[0] for a in anns], dtype=np.float64).reshape(-1, 4),
-            labels=np.array([a[1] for a in anns], dtype=np.int64),
-            ann_ids=np.array([a[2] for a in anns], dtype=np.int64),
-            iscrowd=np.array([a[3] for a in anns], dtype=bool),
-            areas=np.array([a[4] for a in anns], dtype=np.float64),
-        ))
+    _read_annotations(d["annotations"], imgs, skipped, table, src, box_policy, counts)
+    records = [_record(im, image_dir) for im in imgs.values()]
     data = CocoData(json_path, image_dir, names, cat_ids, records, table)
     _log_summary(data, d, counts, box_policy)
     return data

@@ -1,4 +1,4 @@
-"""Frames from an image folder or a video file, for pseudo-labelling (:mod:`cvkd.data.pseudo`).
+"""Frames from an image folder or a video file, for pseudo-labelling (:mod:`cvkd.engine.pseudo`).
 
 A folder is read sorted and recursive; a video through OpenCV, decoding only the frames that are selected
 (every Nth). Unreadable images are a one-line :class:`DataError`, or are skipped and counted when asked.

@@ -5,115 +5,108 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..config import ConfigError
-
-
-def opt(default, help: str):
-    """A config field with a default and a one-line help shown by ``--help``."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+from ..config import ConfigError, setting
 
 
 @dataclass
 class DataConfig:
-    train_json: str = opt("datasets/cctv_mini/train.json", "COCO instances json of the training set")
-    train_images: str = opt("datasets/cctv_mini/images/train", "image folder the training json's file_name is relative to")
-    val_json: str = opt("datasets/cctv_mini/val.json", "COCO instances json of the validation set")
-    val_images: str = opt("datasets/cctv_mini/images/val", "image folder of the validation set")
-    class_map: dict | None = opt(None, "merge/rename categories: {original name: new name}; null = keep categories")
-    imgsz: int = opt(320, "square input size (letterbox)")
-    cache: bool = opt(True, "decode and pre-resize images once, keep them in RAM")
-    workers: int = opt(2, "data-loader worker processes (0 = load in the main process)")
-    mosaic: float = opt(1.0, "probability of a 4-image mosaic per training sample")
-    close_mosaic: int = opt(10, "turn mosaic off for the last N epochs")
-    scale: float = opt(0.5, "random scale range +-")
-    translate: float = opt(0.1, "random translation, fraction of the image")
-    fliplr: float = opt(0.5, "horizontal flip probability")
-    hsv_h: float = opt(0.015, "hue jitter (fraction)")
-    hsv_s: float = opt(0.7, "saturation jitter (fraction)")
-    hsv_v: float = opt(0.4, "value/brightness jitter (fraction)")
-    train_interp: Literal["area", "linear"] = opt("linear", "how training images are shrunk to imgsz: linear "
+    train_json: str = setting("datasets/cctv_mini/train.json", "COCO instances json of the training set")
+    train_images: str = setting("datasets/cctv_mini/images/train", "image folder the training json's file_name is relative to")
+    val_json: str = setting("datasets/cctv_mini/val.json", "COCO instances json of the validation set")
+    val_images: str = setting("datasets/cctv_mini/images/val", "image folder of the validation set")
+    class_map: dict | None = setting(None, "merge/rename categories: {original name: new name}; null = keep categories")
+    imgsz: int = setting(320, "square input size (letterbox)")
+    cache: bool = setting(True, "decode and pre-resize images once, keep them in RAM")
+    workers: int = setting(2, "data-loader worker processes (0 = load in the main process)")
+    mosaic: float = setting(1.0, "probability of a 4-image mosaic per training sample")
+    close_mosaic: int = setting(10, "turn mosaic off for the last N epochs")
+    scale: float = setting(0.5, "random scale range +-")
+    translate: float = setting(0.1, "random translation, fraction of the image")
+    fliplr: float = setting(0.5, "horizontal flip probability")
+    hsv_h: float = setting(0.015, "hue jitter (fraction)")
+    hsv_s: float = setting(0.7, "saturation jitter (fraction)")
+    hsv_v: float = setting(0.4, "value/brightness jitter (fraction)")
+    train_interp: Literal["area", "linear"] = setting("linear", "how training images are shrunk to imgsz: linear "
                                                   "(sharp, aliased; as ultralytics) or area (smooth; as evaluation)")
-    pipeline: Literal["cvkd", "ultralytics"] = opt("cvkd", "training-data pipeline: cvkd's own, or ultralytics' "
+    pipeline: Literal["cvkd", "ultralytics"] = setting("cvkd", "training-data pipeline: cvkd's own, or ultralytics' "
                                                    "YOLODataset (its mosaic/affine/HSV/flip; linear resize; the keys "
                                                    "above carry over, train_interp does not; docs/data.md)")
-    box_policy: Literal["clip", "reject"] = opt("clip", "boxes partly outside the image: clip them or reject them")
-    bad_images: Literal["stop", "skip"] = opt("stop", "a missing, truncated or corrupt image (JPEG decoder warning): "
+    box_policy: Literal["clip", "reject"] = setting("clip", "boxes partly outside the image: clip them or reject them")
+    bad_images: Literal["stop", "skip"] = setting("stop", "a missing, truncated or corrupt image (JPEG decoder warning): "
                                               "stop with one line naming it, or skip it and its boxes (counted)")
-    extra_train: list[dict] = opt([], "more labelled sets [{json: ..., images: ..., class_map: optional}], e.g. "
+    extra_train: list[dict] = setting([], "more labelled sets [{json: ..., images: ..., class_map: optional}], e.g. "
                                       "teacher pseudo-labels from cvkd pseudo-label (hard-label KD)")
-    unlabeled: list[str] = opt([], "folders of unlabelled frames: only the KD terms train on them (soft-label KD)")
-    unlabeled_batch: int = opt(0, "unlabelled images per step (0 = train.batch)")
-    unlabeled_weight: float = opt(1.0, "weight of the KD terms on unlabelled frames")
-    pseudo_conf: float = opt(0.25, "teacher score above which its boxes stand in for ground truth on unlabelled frames")
+    unlabeled: list[str] = setting([], "folders of unlabelled frames: only the KD terms train on them (soft-label KD)")
+    unlabeled_batch: int = setting(0, "unlabelled images per step (0 = train.batch)")
+    unlabeled_weight: float = setting(1.0, "weight of the KD terms on unlabelled frames")
+    pseudo_conf: float = setting(0.25, "teacher score above which its boxes stand in for ground truth on unlabelled frames")
 
 
 @dataclass
 class ModelConfig:
-    name: str = opt("yolov8n.yaml", "architecture (yolov8n.yaml, yolo11s.yaml, ...) or a checkpoint path to start from")
-    width: float | None = opt(None, "override the width multiplier (a camera-sized student, e.g. 0.125)")
-    depth: float | None = opt(None, "override the depth multiplier")
-    init_from: str = opt("", "start the student from a larger model of the same layer structure by weight selection "
+    name: str = setting("yolov8n.yaml", "architecture (yolov8n.yaml, yolo11s.yaml, ...) or a checkpoint path to start from")
+    width: float | None = setting(None, "override the width multiplier (a camera-sized student, e.g. 0.125)")
+    depth: float | None = setting(None, "override the depth multiplier")
+    init_from: str = setting("", "start the student from a larger model of the same layer structure by weight selection "
                          "(evenly spaced channels, Xu et al. 2024; e.g. yolov8s -> yolov8n): a checkpoint path, or "
                          "'teacher' for kd.teacher; empty = random init")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(30, "training epochs")
-    batch: int = opt(16, "images per step")
-    nbs: int = opt(64, "nominal batch size: gradients are accumulated to it, weight decay scaled by batch/nbs")
-    optimizer: Literal["auto", "sgd", "adamw"] = opt("auto", "auto = AdamW with lr 0.002*5/(4+classes) (ultralytics' rule for short runs)")
-    lr: float = opt(0.01, "initial learning rate (ignored by optimizer=auto)")
-    lrf: float = opt(0.01, "final learning rate as a fraction of the initial one")
-    schedule: Literal["linear", "cosine"] = opt("linear", "learning-rate decay after warm-up")
-    momentum: float = opt(0.937, "SGD momentum / Adam beta1")
-    weight_decay: float = opt(5e-4, "weight decay (at batch size nbs)")
-    warmup_epochs: float = opt(3.0, "linear warm-up length in epochs (at least 100 steps)")
-    warmup_min_steps: int = opt(100, "warm-up lasts at least this many steps")
-    warmup_bias_lr: float = opt(0.0, "starting learning rate of biases during warm-up")
-    ema: bool = opt(True, "keep an exponential moving average of the weights and evaluate/save it")
-    ema_decay: float = opt(0.9999, "EMA decay (ramped up over the first ~2000 updates)")
-    clip_grad: float = opt(10.0, "clip the gradient norm to this value (0 = off)")
-    amp: bool = opt(True, "mixed precision on CUDA (ignored on CPU)")
-    seed: int = opt(0, "random seed (data order, augmentation, initialisation)")
-    deterministic: bool = opt(True, "use deterministic algorithms where available")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
-    eval_every: int = opt(1, "evaluate every N epochs (and always after the last)")
-    eval_batch: int = opt(16, "images per evaluation step")
-    threads: int = opt(0, "torch CPU threads (0 = torch's default)")
-    max_steps: int = opt(0, "stop each epoch after N steps (0 = full epoch; for smoke tests)")
+    epochs: int = setting(30, "training epochs")
+    batch: int = setting(16, "images per step")
+    nbs: int = setting(64, "nominal batch size: gradients are accumulated to it, weight decay scaled by batch/nbs")
+    optimizer: Literal["auto", "sgd", "adamw"] = setting("auto", "auto = AdamW with lr 0.002*5/(4+classes) (ultralytics' rule for short runs)")
+    lr: float = setting(0.01, "initial learning rate (ignored by optimizer=auto)")
+    lrf: float = setting(0.01, "final learning rate as a fraction of the initial one")
+    schedule: Literal["linear", "cosine"] = setting("linear", "learning-rate decay after warm-up")
+    momentum: float = setting(0.937, "SGD momentum / Adam beta1")
+    weight_decay: float = setting(5e-4, "weight decay (at batch size nbs)")
+    warmup_epochs: float = setting(3.0, "linear warm-up length in epochs (at least 100 steps)")
+    warmup_min_steps: int = setting(100, "warm-up lasts at least this many steps")
+    warmup_bias_lr: float = setting(0.0, "starting learning rate of biases during warm-up")
+    ema: bool = setting(True, "keep an exponential moving average of the weights and evaluate/save it")
+    ema_decay: float = setting(0.9999, "EMA decay (ramped up over the first ~2000 updates)")
+    clip_grad: float = setting(10.0, "clip the gradient norm to this value (0 = off)")
+    amp: bool = setting(True, "mixed precision on CUDA (ignored on CPU)")
+    seed: int = setting(0, "random seed (data order, augmentation, initialisation)")
+    deterministic: bool = setting(True, "use deterministic algorithms where available")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1 ...")
+    eval_every: int = setting(1, "evaluate every N epochs (and always after the last)")
+    eval_batch: int = setting(16, "images per evaluation step")
+    threads: int = setting(0, "torch CPU threads (0 = torch's default)")
+    max_steps: int = setting(0, "stop each epoch after N steps (0 = full epoch; for smoke tests)")
 
 
 @dataclass
 class KDConfig:
-    teacher: str = opt("", "teacher checkpoint (cvkd or ultralytics .pt); empty = plain training")
-    logit: float = opt(0.0, "weight of the dense sigmoid logit KD term (0 = off)")
-    logit_t: float = opt(1.0, "temperature of the logit KD term")
-    logit_weighting: Literal["none", "teacher_score"] = opt("teacher_score", "anchor weights of the logit KD term")
-    logit_bg: float = opt(1.0, "weight of background anchors (not assigned to an object) in the logit term")
-    feature: float = opt(0.0, "weight of the feature KD term (0 = off)")
-    feature_loss: Literal["hint", "fgd", "cwd", "pkd"] = opt("cwd", "feature loss: FitNets hint (MSE), FGD, CWD or PKD")
-    feature_mask: Literal["all", "gt", "attention", "teacher_score"] = opt(
+    teacher: str = setting("", "teacher checkpoint (cvkd or ultralytics .pt); empty = plain training")
+    logit: float = setting(0.0, "weight of the dense sigmoid logit KD term (0 = off)")
+    logit_t: float = setting(1.0, "temperature of the logit KD term")
+    logit_weighting: Literal["none", "teacher_score"] = setting("teacher_score", "anchor weights of the logit KD term")
+    logit_bg: float = setting(1.0, "weight of background anchors (not assigned to an object) in the logit term")
+    feature: float = setting(0.0, "weight of the feature KD term (0 = off)")
+    feature_loss: Literal["hint", "fgd", "cwd", "pkd"] = setting("cwd", "feature loss: FitNets hint (MSE), FGD, CWD or PKD")
+    feature_mask: Literal["all", "gt", "attention", "teacher_score"] = setting(
         "all", "spatial mask of hint/PKD: all cells, GT boxes, teacher attention, teacher's max class score per cell")
-    feature_adapter: Literal["conv", "mlp"] = opt("conv", "student-to-teacher feature adapter: 1x1 conv or 1x1-ReLU-1x1")
-    feature_bg: float = opt(0.5, "background weight of the hint loss with feature_mask=gt, in [0, 1) (foreground: 1; "
+    feature_adapter: Literal["conv", "mlp"] = setting("conv", "student-to-teacher feature adapter: 1x1 conv or 1x1-ReLU-1x1")
+    feature_bg: float = setting(0.5, "background weight of the hint loss with feature_mask=gt, in [0, 1) (foreground: 1; "
                             "FGD weighs background half of foreground)")
-    feature_norm: Literal["level", "joint"] = opt(
+    feature_norm: Literal["level", "joint"] = setting(
         "level", "hint/PKD over pyramid levels: mean of per-level masked means, or one masked mean over the cells of "
         "all levels (joint: a level where the teacher-score mask is ~0 everywhere weighs ~0, docs/pseudo_labels.md)")
-    pkd_stats: Literal["channel", "image"] = opt("channel", "PKD standardisation: per channel over (N, H, W) as in "
+    pkd_stats: Literal["channel", "image"] = setting("channel", "PKD standardisation: per channel over (N, H, W) as in "
                                                  "the paper, or per image and channel over (H, W)")
-    feature_t: float = opt(1.0, "temperature of CWD (e.g. 4) / FGD attention (e.g. 0.5)")
-    feature_levels: list[int] = opt([0, 1, 2], "student pyramid levels to distil (matched to the teacher by stride)")
-    box: float = opt(0.0, "weight of the box KD term (0 = off)")
-    box_loss: Literal["ld", "bounded", "iou", "ld+iou"] = opt("ld", "LD on DFL bins, teacher-bounded L2, GIoU imitation, or LD+GIoU")
-    box_t: float = opt(10.0, "temperature of LD")
-    box_margin: float = opt(0.0, "margin of the teacher-bounded regression loss (in stride units squared)")
-    box_region: Literal["fg", "teacher_score"] = opt("teacher_score", "where box KD applies: assigned anchors, or all weighted by teacher score")
-    decay: Literal["constant", "cosine"] = opt("constant", "KD weight schedule over training (cosine decays to 1% at the end)")
-    teacher_precision: Literal["auto", "fp32", "bf16"] = opt(
+    feature_t: float = setting(1.0, "temperature of CWD (e.g. 4) / FGD attention (e.g. 0.5)")
+    feature_levels: list[int] = setting([0, 1, 2], "student pyramid levels to distil (matched to the teacher by stride)")
+    box: float = setting(0.0, "weight of the box KD term (0 = off)")
+    box_loss: Literal["ld", "bounded", "iou", "ld+iou"] = setting("ld", "LD on DFL bins, teacher-bounded L2, GIoU imitation, or LD+GIoU")
+    box_t: float = setting(10.0, "temperature of LD")
+    box_margin: float = setting(0.0, "margin of the teacher-bounded regression loss (in stride units squared)")
+    box_region: Literal["fg", "teacher_score"] = setting("teacher_score", "where box KD applies: assigned anchors, or all weighted by teacher score")
+    decay: Literal["constant", "cosine"] = setting("constant", "KD weight schedule over training (cosine decays to 1% at the end)")
+    teacher_precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto", "teacher forward pass on CPU: bf16 autocast + channels_last (auto = when the CPU has native bf16 and the "
         "teacher is not two-stage), or fp32; on CUDA the teacher follows train.amp")
 
@@ -126,9 +119,9 @@ class KDConfig:
 
 @dataclass
 class RunConfig:
-    out: str = opt("runs", "parent folder of run folders")
-    name: str = opt("exp", "run folder name (out/name); an existing folder gets a numeric suffix unless resuming")
-    resume: str = opt("", "resume a killed run from its folder (or its last.pt)")
+    out: str = setting("runs", "parent folder of run folders")
+    name: str = setting("exp", "run folder name (out/name); an existing folder gets a numeric suffix unless resuming")
+    resume: str = setting("", "resume a killed run from its folder (or its last.pt)")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "dataset and augmentation"})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the trained model (student)"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation and schedule"})
@@ -153,8 +146,9 @@ class RunConfig:
         if self.data.unlabeled and not uses_kd:
             raise ConfigError("data.unlabeled needs KD terms (kd.logit/feature/box > 0) and a teacher: "
                               "unlabelled frames train only through distillation")
-        if self.kd.feature_norm == "joint" and self.kd.feature_loss not in ("hint", "pkd"):
-            raise ConfigError(f"kd.feature_norm=joint applies to kd.feature_loss=hint or pkd, not {self.kd.feature_loss}")
+        from .distill import check_kd_config
+
+        check_kd_config(self.kd)  # the legal loss/mask/normalisation combinations, from the KD-term tables
         if self.kd.feature_mask == "gt" and not 0 <= self.kd.feature_bg < 1:
             raise ConfigError(f"kd.feature_bg must be in [0, 1) with kd.feature_mask=gt, got {self.kd.feature_bg} "
                               "(1 weighs background like foreground: that is kd.feature_mask=all)")

@@ -1,16 +1,22 @@
 """The distillation terms of a detector run: loss-core functions applied to adapter outputs.
 
-Holds the only trainable distillation parts (the 1x1 hint adapters) and aligns teacher and student anchors level by
-level (by stride). Knows adapters' :class:`DetOutputs`, never a model's internals.
+Each term is a small function in a table (``KD_TERMS``: logit, feature, box; ``FEATURE_LOSSES`` and ``BOX_LOSSES``
+for their variants, ``FEATURE_MASKS`` for the hint/PKD masks) returning a numerator and a denominator; the config
+check (:func:`check_kd_config`) reads the same tables, so every legal combination is declared once. The
+:class:`Distiller` holds the only trainable distillation parts (the 1x1 hint adapters) and aligns teacher and student
+anchors level by level (by stride). It knows adapters' :class:`DetOutputs`, never a model's internals.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..losses import (
     HintAdapter,
     attention_masks,
@@ -78,6 +84,177 @@ def _level_slices(sizes: list[int]) -> list[slice]:
     return [slice(starts[i], starts[i + 1]) for i in range(len(sizes))]
 
 
+@dataclass
+class KDInputs:
+    """What every KD term of one batch sees: outputs, assignment and the aligned anchors (A' = shared-level anchors)."""
+
+    cfg: KDConfig
+    out_s: DetOutputs
+    out_t: DetOutputs
+    assign: Assignment
+    batch: dict
+    idx_s: Tensor  # (A',) student anchor indices
+    idx_t: Tensor  # (A',) teacher anchor indices, same order
+    z_s: Tensor  # (B*A', K) student class logits
+    z_t: Tensor  # (B*A', K) teacher class logits
+    fg: Tensor  # (B*A',) anchors assigned to a ground-truth object
+    score_t: Tensor  # (B*A',) the teacher's highest class probability
+
+    @property
+    def B(self) -> int:
+        return self.out_s.cls_logits.shape[0]
+
+
+Parts = tuple[Tensor, Tensor]  # (numerator, denominator): the term is num / den; levels may pool them (joint)
+
+
+def _one(t: Tensor) -> Tensor:
+    return t.new_ones(())
+
+
+# --- spatial masks of the hint / PKD feature terms: (inputs, teacher level, f_t) -> (weight map, foreground map) ----
+
+def _mask_all(x: KDInputs, lt: int, f_t: Tensor):
+    return None, None
+
+
+def _mask_gt(x: KDInputs, lt: int, f_t: Tensor):
+    boxes, bidx = x.batch["bboxes"].to(f_t.device).float(), x.batch["batch_idx"].to(f_t.device)
+    return None, box_mask(boxes, bidx, x.B, f_t.shape[-2:], x.out_t.strides[lt])  # (B, H, W)
+
+
+def _mask_attention(x: KDInputs, lt: int, f_t: Tensor):
+    return attention_masks(f_t, x.cfg.feature_t)[0], None  # (B, H, W)
+
+
+def _mask_teacher_score(x: KDInputs, lt: int, f_t: Tensor):
+    sl = _level_slices(x.out_t.level_sizes)[lt]  # the teacher's confidence per cell of this level
+    return teacher_score_weights(x.out_t.cls_logits[:, sl]).reshape(x.B, *f_t.shape[-2:]), None  # (B, H, W)
+
+
+FEATURE_MASKS: dict[str, Callable] = {"all": _mask_all, "gt": _mask_gt, "attention": _mask_attention,
+                                      "teacher_score": _mask_teacher_score}
+
+
+# --- feature losses, one pyramid level: (inputs, f_s adapted, f_t, teacher level, weight map, fg map) -> (num, den)
+
+def _feature_hint(x: KDInputs, f_s: Tensor, f_t: Tensor, lt: int, mask, fg_map) -> Parts:
+    return hint_parts(f_s, f_t, mask, fg_map, x.cfg.feature_bg)
+
+
+def _feature_pkd(x: KDInputs, f_s: Tensor, f_t: Tensor, lt: int, mask, fg_map) -> Parts:
+    return pkd_parts(f_s, f_t, mask if fg_map is None else fg_map, x.cfg.pkd_stats)
+
+
+def _feature_cwd(x: KDInputs, f_s: Tensor, f_t: Tensor, lt: int, mask, fg_map) -> Parts:
+    loss = cwd_loss(f_s, f_t, x.cfg.feature_t)
+    return loss, _one(loss)
+
+
+def _feature_fgd(x: KDInputs, f_s: Tensor, f_t: Tensor, lt: int, mask, fg_map) -> Parts:
+    boxes, bidx = x.batch["bboxes"].to(f_t.device).float(), x.batch["batch_idx"].to(f_t.device)
+    m = box_mask(boxes, bidx, x.B, f_t.shape[-2:], x.out_t.strides[lt], area_norm=True)  # its own GT mask
+    loss = fgd_loss(f_s, f_t, m, temperature=x.cfg.feature_t)
+    return loss, _one(loss)
+
+
+@dataclass(frozen=True)
+class FeatureLoss:
+    fn: Callable[..., Parts]
+    masks: tuple[str, ...]  # the kd.feature_mask values it takes
+    joint: bool  # its levels can be pooled into one weighted mean (kd.feature_norm=joint)
+
+
+FEATURE_LOSSES: dict[str, FeatureLoss] = {
+    "hint": FeatureLoss(_feature_hint, tuple(FEATURE_MASKS), joint=True),
+    "pkd": FeatureLoss(_feature_pkd, tuple(FEATURE_MASKS), joint=True),
+    "cwd": FeatureLoss(_feature_cwd, ("all",), joint=False),
+    "fgd": FeatureLoss(_feature_fgd, ("all",), joint=False),  # FGD brings its own foreground/background split
+}
+
+
+# --- box losses: (inputs, region weight (B*A',)) -> loss ------------------------------------------------------------
+
+def _box_ld(x: KDInputs, region: Tensor) -> Tensor:
+    if x.out_s.box_bins is None or x.out_t.box_bins is None:
+        raise ModelError("LD needs DFL bin outputs from both detectors")
+    R = x.out_s.box_bins.shape[-1]
+    bins_s = x.out_s.box_bins[:, x.idx_s].reshape(-1, 4, R)  # (B*A', 4, R)
+    bins_t = x.out_t.box_bins[:, x.idx_t].reshape(-1, 4, R)
+    return distribution_kd(bins_s, bins_t, x.cfg.box_t, weight=region)
+
+
+def _box_iou(x: KDInputs, region: Tensor) -> Tensor:
+    boxes_s = x.out_s.boxes[:, x.idx_s].reshape(-1, 4)  # (B*A', 4) pixels
+    boxes_t = x.out_t.boxes[:, x.idx_t].reshape(-1, 4)
+    return iou_imitation(boxes_s, boxes_t, weight=region)
+
+
+def _box_bounded(x: KDInputs, region: Tensor) -> Tensor:
+    """Chen et al. 2017 on assigned anchors only (it needs the ground-truth box), in stride units."""
+    stride = x.out_s.anchor_strides[x.idx_s].repeat(x.B)[:, None]  # (B*A', 1)
+    boxes_s = x.out_s.boxes[:, x.idx_s].reshape(-1, 4) / stride  # (B*A', 4)
+    boxes_t = x.out_t.boxes[:, x.idx_t].reshape(-1, 4) / stride
+    gt = x.assign.target_boxes[:, x.idx_s].reshape(-1, 4) / stride
+    return teacher_bounded_l2(boxes_s, boxes_t, gt, x.cfg.box_margin, weight=x.fg.float())
+
+
+BOX_LOSSES: dict[str, Callable[[KDInputs, Tensor], Tensor]] = {"ld": _box_ld, "iou": _box_iou,
+                                                               "bounded": _box_bounded}
+
+
+# --- the KD terms: (distiller, inputs) -> (num, den) --------------------------------------------------------------
+
+def _logit_term(d: "Distiller", x: KDInputs) -> Parts:
+    w = x.score_t if x.cfg.logit_weighting == "teacher_score" else None
+    loss = sigmoid_kd(x.z_s, x.z_t, x.cfg.logit_t, weight=w, fg_mask=x.fg, bg_weight=x.cfg.logit_bg)
+    return loss, _one(loss)
+
+
+def _feature_term(d: "Distiller", x: KDInputs) -> Parts:
+    spec = FEATURE_LOSSES[x.cfg.feature_loss]
+    parts = []
+    for level, ((ls, lt), adapter) in enumerate(zip(d.feature_pairs, d.adapters)):
+        f_t = x.out_t.feats[lt]
+        f_s = adapter(x.out_s.feats[ls], f_t.shape[-2:])  # (B, C_t, H_t, W_t)
+        mask, fg_map = FEATURE_MASKS[x.cfg.feature_mask](x, lt, f_t)  # (B, H, W) or None each
+        num, den = spec.fn(x, f_s, f_t, lt, mask, fg_map)
+        for hook in d.hooks:  # benchmarks trace a term here (see benchmarks/feature_levels.py)
+            hook({"term": "feature", "loss": x.cfg.feature_loss, "level": level, "num": num, "den": den, "f_s": f_s,
+                  "f_t": f_t, "mask": mask, "fg_map": fg_map})
+        parts.append((num, den))
+    if x.cfg.feature_norm == "joint":
+        return feature_hint_levels(parts), _one(parts[0][0])
+    loss = torch.stack([n / dn.clamp_min(1e-12) for n, dn in parts]).mean()
+    return loss, _one(loss)
+
+
+def _box_term(d: "Distiller", x: KDInputs) -> Parts:
+    region = x.fg.float() if x.cfg.box_region == "fg" else x.score_t
+    loss = sum(BOX_LOSSES[name](x, region) for name in x.cfg.box_loss.split("+"))
+    return loss, _one(loss)
+
+
+KD_TERMS: dict[str, Callable[["Distiller", KDInputs], Parts]] = {"logit": _logit_term, "feature": _feature_term,
+                                                                 "box": _box_term}
+
+
+def check_kd_config(cfg: KDConfig) -> None:
+    """The combinations the tables above allow; one line for any other."""
+    spec = FEATURE_LOSSES[cfg.feature_loss]
+    if cfg.feature > 0 and cfg.feature_mask not in spec.masks:
+        takes = [n for n, f in FEATURE_LOSSES.items() if cfg.feature_mask in f.masks]
+        raise ConfigError(f"kd.feature_mask={cfg.feature_mask} does not apply to kd.feature_loss={cfg.feature_loss} "
+                          f"(it applies to: {', '.join(takes)})")
+    if cfg.feature_norm == "joint" and not spec.joint:
+        joint = [n for n, f in FEATURE_LOSSES.items() if f.joint]
+        raise ConfigError(f"kd.feature_norm=joint applies to kd.feature_loss={' or '.join(joint)}, "
+                          f"not {cfg.feature_loss}")
+    unknown = [n for n in cfg.box_loss.split("+") if n not in BOX_LOSSES]
+    if unknown:
+        raise ConfigError(f"kd.box_loss={cfg.box_loss}: unknown part(s) {unknown} (parts: {', '.join(BOX_LOSSES)})")
+
+
 class Distiller(nn.Module):
     """Computes the weighted KD terms ``{"logit": ..., "feature": ..., "box": ...}`` for one batch."""
 
@@ -87,12 +264,13 @@ class Distiller(nn.Module):
             raise ModelError(f"a {student.family} model cannot be a distillation student (no dense outputs to train); "
                              "use it as the teacher, or train it with cvkd train")
         check_pair(student, teacher)
+        check_kd_config(cfg)
         self.cfg = cfg
         self.pairs = pair_levels(student.strides, teacher.strides)  # [(level_s, level_t)] with equal strides
         self.feature_pairs = [p for p in self.pairs if p[0] in cfg.feature_levels]
         if cfg.feature > 0 and not self.feature_pairs:
             raise ModelError(f"kd.feature_levels {cfg.feature_levels} select no level shared with the teacher")
-        if cfg.box > 0 and "ld" in cfg.box_loss and (student.reg_max != teacher.reg_max):
+        if cfg.box > 0 and "ld" in cfg.box_loss.split("+") and (student.reg_max != teacher.reg_max):
             raise ModelError(f"LD needs equal DFL bins: student reg_max {student.reg_max}, teacher {teacher.reg_max}")
         self.adapters = nn.ModuleList()
         if cfg.feature > 0:
@@ -100,6 +278,7 @@ class Distiller(nn.Module):
             mlp = cfg.feature_adapter == "mlp"
             self.adapters.extend(HintAdapter(ch_s[ls], ch_t[lt], mlp) for ls, lt in self.feature_pairs)
         self.same_anchors = student.strides == teacher.strides
+        self.hooks: list[Callable[[dict], None]] = []  # called with each feature level's parts (tracing)
 
     def _align(self, out_s: DetOutputs, out_t: DetOutputs) -> tuple[Tensor, Tensor]:
         """Anchor indices of the shared levels in student and teacher order: (A',) each."""
@@ -118,70 +297,15 @@ class Distiller(nn.Module):
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
 
     def forward(self, out_s: DetOutputs, out_t: DetOutputs, assign: Assignment, batch: dict) -> dict[str, Tensor]:
-        cfg = self.cfg
-        terms: dict[str, Tensor] = {}
         idx_s, idx_t = self._align(out_s, out_t)
-        B = out_s.cls_logits.shape[0]
         z_s = out_s.cls_logits[:, idx_s].reshape(-1, out_s.cls_logits.shape[-1])  # (B*A', K)
         z_t = out_t.cls_logits[:, idx_t].reshape(-1, out_t.cls_logits.shape[-1])  # (B*A', K)
-        fg = assign.fg_mask[:, idx_s].reshape(-1)  # (B*A',)
-        score_t = teacher_score_weights(z_t)  # (B*A',)
-
-        if cfg.logit > 0:
-            w = score_t if cfg.logit_weighting == "teacher_score" else None
-            terms["logit"] = cfg.logit * sigmoid_kd(z_s, z_t, cfg.logit_t, weight=w, fg_mask=fg, bg_weight=cfg.logit_bg)
-
-        if cfg.feature > 0:
-            boxes = batch["bboxes"].to(z_s.device).float()
-            bidx = batch["batch_idx"].to(z_s.device)
-            level_losses, level_parts = [], []  # per-level losses; (numerator, denominator) of hint/PKD levels
-            for (ls, lt), adapter in zip(self.feature_pairs, self.adapters):
-                f_t = out_t.feats[lt]
-                f_s = adapter(out_s.feats[ls], f_t.shape[-2:])  # (B, C_t, H_t, W_t)
-                stride = out_t.strides[lt]
-                if cfg.feature_loss == "cwd":
-                    level_losses.append(cwd_loss(f_s, f_t, cfg.feature_t))
-                elif cfg.feature_loss == "fgd":
-                    m = box_mask(boxes, bidx, B, f_t.shape[-2:], stride, area_norm=True)
-                    level_losses.append(fgd_loss(f_s, f_t, m, temperature=cfg.feature_t))
-                else:
-                    mask, fg_map = None, None
-                    if cfg.feature_mask == "gt":
-                        fg_map = box_mask(boxes, bidx, B, f_t.shape[-2:], stride)
-                    elif cfg.feature_mask == "attention":
-                        mask = attention_masks(f_t, cfg.feature_t)[0]
-                    elif cfg.feature_mask == "teacher_score":  # the teacher's confidence per cell of this level
-                        sl = _level_slices(out_t.level_sizes)[lt]
-                        mask = teacher_score_weights(out_t.cls_logits[:, sl]).reshape(B, *f_t.shape[-2:])  # (B, H, W)
-                    if cfg.feature_loss == "hint":
-                        parts = hint_parts(f_s, f_t, mask, fg_map, cfg.feature_bg)
-                    else:
-                        parts = pkd_parts(f_s, f_t, mask if fg_map is None else fg_map, cfg.pkd_stats)
-                    level_parts.append(parts)
-                    level_losses.append(parts[0] / parts[1].clamp_min(1e-12))
-            joint = cfg.feature_norm == "joint" and level_parts
-            feature = feature_hint_levels(level_parts) if joint else torch.stack(level_losses).mean()
-            terms["feature"] = cfg.feature * feature
-
-        if cfg.box > 0:
-            region = fg.float() if cfg.box_region == "fg" else score_t
-            box = z_s.new_zeros((), dtype=torch.float32)
-            if "ld" in cfg.box_loss:
-                if out_s.box_bins is None or out_t.box_bins is None:
-                    raise ModelError("LD needs DFL bin outputs from both detectors")
-                R = out_s.box_bins.shape[-1]
-                bins_s = out_s.box_bins[:, idx_s].reshape(-1, 4, R)  # (B*A', 4, R)
-                bins_t = out_t.box_bins[:, idx_t].reshape(-1, 4, R)
-                box = box + distribution_kd(bins_s, bins_t, cfg.box_t, weight=region)
-            boxes_s = out_s.boxes[:, idx_s].reshape(-1, 4)  # (B*A', 4) pixels
-            boxes_t = out_t.boxes[:, idx_t].reshape(-1, 4)
-            if "iou" in cfg.box_loss:
-                box = box + iou_imitation(boxes_s, boxes_t, weight=region)
-            if cfg.box_loss == "bounded":
-                stride = out_s.anchor_strides[idx_s].repeat(B)[:, None]  # (B*A', 1)
-                gt = assign.target_boxes[:, idx_s].reshape(-1, 4)
-                box = box + teacher_bounded_l2(
-                    boxes_s / stride, boxes_t / stride, gt / stride, cfg.box_margin, weight=fg.float()
-                )
-            terms["box"] = cfg.box * box
+        x = KDInputs(self.cfg, out_s, out_t, assign, batch, idx_s, idx_t, z_s, z_t,
+                     fg=assign.fg_mask[:, idx_s].reshape(-1), score_t=teacher_score_weights(z_t))
+        terms = {}
+        for name, term in KD_TERMS.items():
+            weight = getattr(self.cfg, name)
+            if weight > 0:
+                num, den = term(self, x)
+                terms[name] = weight * num / den.clamp_min(1e-12)
         return terms

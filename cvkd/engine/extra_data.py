@@ -63,7 +63,7 @@ def load_unlabeled(folders: list[str], class_names: list[str], cat_ids: list[int
                     orig_to_class={})
 
 
-def teacher_targets(teacher: DetectorAdapter, out_t: DetOutputs, img: torch.Tensor, conf: float):
+def teacher_as_ground_truth(teacher: DetectorAdapter, out_t: DetOutputs, img: torch.Tensor, conf: float):
     """The teacher's confident predictions as stand-in ground truth: a batch dict (bboxes, batch_idx, cls) and an
     anchor-level Assignment (fg = teacher max class score above ``conf``)."""
     preds = teacher.predict(img, conf=conf, out=out_t)

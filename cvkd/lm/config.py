@@ -4,57 +4,57 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..config import ConfigError
-from .model import GPTConfig, opt
+from ..config import ConfigError, setting
+from .model import GPTConfig
 
 
 @dataclass
 class LMDataConfig:
-    path: str = opt("datasets/text/tinyshakespeare_200k.txt",
+    path: str = setting("datasets/text/tinyshakespeare_200k.txt",
                     "text file, or a folder of .txt files (Project Gutenberg header/footer stripped)")
-    val_fraction: float = opt(0.1, "the last fraction of the corpus is the held-out val split")
-    sampling: Literal["random", "fixed"] = opt("random", "training blocks: random contiguous offsets, or a shuffled "
+    val_fraction: float = setting(0.1, "the last fraction of the corpus is the held-out val split")
+    sampling: Literal["random", "fixed"] = setting("random", "training blocks: random contiguous offsets, or a shuffled "
                                                "fixed grid of blocks (required by an offline teacher cache)")
 
 
 @dataclass
 class LMTrainConfig:
-    steps: int = opt(2000, "optimizer steps")
-    batch: int = opt(16, "blocks per micro-batch")
-    accum: int = opt(1, "micro-batches accumulated per optimizer step (tokens/step = batch*accum*block_size)")
-    lr: float = opt(1e-3, "peak learning rate (AdamW)")
-    min_lr: float = opt(0.1, "final learning rate as a fraction of lr (cosine decay)")
-    warmup: int = opt(100, "linear warm-up steps")
-    weight_decay: float = opt(0.1, "AdamW weight decay on matrices (not on norms/biases/positional embeddings)")
-    beta2: float = opt(0.99, "AdamW beta2")
-    clip_grad: float = opt(1.0, "clip the gradient norm to this value (0 = off)")
-    eval_every: int = opt(250, "evaluate on val (and save last.pt) every N steps, and after the last")
-    eval_blocks: int = opt(0, "val blocks used per evaluation (0 = the whole val split)")
-    save_every: int = opt(0, "also save last.pt every N steps (0 = only at evaluations)")
-    seed: int = opt(0, "random seed (initialisation, data order, dropout)")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:1 ...")
-    threads: int = opt(0, "torch CPU threads (0 = torch's default)")
+    steps: int = setting(2000, "optimizer steps")
+    batch: int = setting(16, "blocks per micro-batch")
+    accum: int = setting(1, "micro-batches accumulated per optimizer step (tokens/step = batch*accum*block_size)")
+    lr: float = setting(1e-3, "peak learning rate (AdamW)")
+    min_lr: float = setting(0.1, "final learning rate as a fraction of lr (cosine decay)")
+    warmup: int = setting(100, "linear warm-up steps")
+    weight_decay: float = setting(0.1, "AdamW weight decay on matrices (not on norms/biases/positional embeddings)")
+    beta2: float = setting(0.99, "AdamW beta2")
+    clip_grad: float = setting(1.0, "clip the gradient norm to this value (0 = off)")
+    eval_every: int = setting(250, "evaluate on val (and save last.pt) every N steps, and after the last")
+    eval_blocks: int = setting(0, "val blocks used per evaluation (0 = the whole val split)")
+    save_every: int = setting(0, "also save last.pt every N steps (0 = only at evaluations)")
+    seed: int = setting(0, "random seed (initialisation, data order, dropout)")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1 ...")
+    threads: int = setting(0, "torch CPU threads (0 = torch's default)")
 
 
 @dataclass
 class LMKDConfig:
-    teacher: str = opt("", "teacher LM checkpoint (.pt); empty = plain training")
-    kind: Literal["forward", "reverse", "jsd", "skew"] = opt("forward", "divergence: forward KL (Hinton), reverse KL, "
+    teacher: str = setting("", "teacher LM checkpoint (.pt); empty = plain training")
+    kind: Literal["forward", "reverse", "jsd", "skew"] = setting("forward", "divergence: forward KL (Hinton), reverse KL, "
                                                              "JSD or skew KL (all through cvkd.losses.logit_kd)")
-    temperature: float = opt(1.0, "softening temperature T (the KD term is scaled by T^2)")
-    alpha: float = opt(0.0, "weight of the hard-label CE term: loss = alpha*CE + (1-alpha)*KD")
-    beta: float = opt(0.5, "mixture weight of jsd / skew")
-    cache: str = opt("", "offline teacher-logit cache file: built from the teacher if missing, else reused; "
+    temperature: float = setting(1.0, "softening temperature T (the KD term is scaled by T^2)")
+    alpha: float = setting(0.0, "weight of the hard-label CE term: loss = alpha*CE + (1-alpha)*KD")
+    beta: float = setting(0.5, "mixture weight of jsd / skew")
+    cache: str = setting("", "offline teacher-logit cache file: built from the teacher if missing, else reused; "
                          "empty = teacher run online")
-    cache_topk: int = opt(0, "0 = dense fp16 logits (2*V bytes/token); k > 0 = top-k log-probs + one tail bucket")
-    cache_batch: int = opt(64, "blocks per teacher forward while building the cache")
+    cache_topk: int = setting(0, "0 = dense fp16 logits (2*V bytes/token); k > 0 = top-k log-probs + one tail bucket")
+    cache_batch: int = setting(64, "blocks per teacher forward while building the cache")
 
 
 @dataclass
 class LMRunConfig:
-    out: str = opt("runs/lm", "parent folder of run folders")
-    name: str = opt("lm", "run folder name (out/name); an existing folder gets a numeric suffix unless resuming")
-    resume: str = opt("", "resume a killed run from its folder (or its last.pt)")
+    out: str = setting("runs/lm", "parent folder of run folders")
+    name: str = setting("lm", "run folder name (out/name); an existing folder gets a numeric suffix unless resuming")
+    resume: str = setting("", "resume a killed run from its folder (or its last.pt)")
     data: LMDataConfig = field(default_factory=LMDataConfig, metadata={"help": "text corpus and sampling"})
     model: GPTConfig = field(default_factory=GPTConfig, metadata={"help": "the trained model (student)"})
     train: LMTrainConfig = field(default_factory=LMTrainConfig, metadata={"help": "optimisation and schedule"})

@@ -11,27 +11,24 @@ the logits of valid positions do not depend on what the pads contain; the loss m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def opt(default, help: str):
-    """A config field with a default and a one-line help shown by ``--help``."""
-    return field(default=default, metadata={"help": help})
+from ..config import setting
 
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = opt(0, "vocabulary size (0 = taken from the tokenizer)")
-    n_layer: int = opt(4, "transformer blocks")
-    n_head: int = opt(4, "attention heads per block")
-    n_embd: int = opt(128, "embedding width (a multiple of n_head)")
-    block_size: int = opt(128, "context length in tokens (also the training block length)")
-    dropout: float = opt(0.0, "dropout on attention weights, residual branches and embeddings")
+    vocab_size: int = setting(0, "vocabulary size (0 = taken from the tokenizer)")
+    n_layer: int = setting(4, "transformer blocks")
+    n_head: int = setting(4, "attention heads per block")
+    n_embd: int = setting(128, "embedding width (a multiple of n_head)")
+    block_size: int = setting(128, "context length in tokens (also the training block length)")
+    dropout: float = setting(0.0, "dropout on attention weights, residual branches and embeddings")
 
     def check(self) -> None:
         from ..config import ConfigError

@@ -5,6 +5,7 @@ the distillation terms only ever see :class:`DetOutputs`, never a model's intern
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,8 +59,10 @@ class DetectorAdapter(nn.Module):
     def forward(self, img: Tensor) -> DetOutputs:  # img (B, 3, S, S) RGB in [0, 1]
         raise NotImplementedError
 
-    def loss(self, out: DetOutputs, batch: dict) -> tuple[Tensor, dict[str, float], Assignment]:
-        """The detector's own training loss on ``batch`` (cvkd collate format), its items, and the assignment."""
+    def loss(self, out: DetOutputs, batch: dict,
+             sum_across: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
+        """The detector's own training loss on ``batch`` (cvkd collate format), its items, and the assignment.
+        ``sum_across`` (under torchrun) sums a tensor over processes: normalise over the global batch with it."""
         raise NotImplementedError
 
     def feature_channels(self, imgsz: int = 64) -> list[int]:

@@ -22,6 +22,8 @@ YOLO grids. FPN levels P3-P5 plus a max-pooled P6 (stride 64); anchors of 2 size
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torchvision
 from torch import Tensor, nn
@@ -31,11 +33,13 @@ from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from .base import Assignment, DetectorAdapter, DetOutputs, ModelError
+from .registry import register_family
 from .torchvision_det import (
     BACKBONES,
     cell_centres,
     fpn_backbone,
     fpn_width,
+    is_rcnn_name,
     register_imagenet_norm,
 )
 
@@ -52,10 +56,6 @@ def parse_name(name: str) -> str:
         choices = ", ".join(f"fasterrcnn_{b}_fpn" for b in BACKBONES)
         raise ModelError(f"unknown Faster R-CNN '{name}': expected one of {choices}")
     return backbone
-
-
-def is_rcnn_name(name: str) -> bool:
-    return name.removeprefix("torchvision:").startswith("fasterrcnn")
 
 
 def render_dense(
@@ -87,6 +87,7 @@ def render_dense(
     return scores, boxes
 
 
+@register_family("rcnn", matches=is_rcnn_name, example="fasterrcnn_resnet50_fpn")
 class RcnnAdapter(DetectorAdapter):
     """torchvision Faster R-CNN; ``.model`` is the ``torchvision.models.detection.FasterRCNN`` holding every weight."""
 
@@ -143,7 +144,8 @@ class RcnnAdapter(DetectorAdapter):
                           boxes=boxes, anchors=points, anchor_strides=strides,
                           raw={"maps": maps, "images": images, "detections": dets})
 
-    def loss(self, out: DetOutputs, batch: dict) -> tuple[Tensor, dict[str, float], Assignment]:
+    def loss(self, out: DetOutputs, batch: dict,
+             sum_across: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
         """torchvision's Faster R-CNN losses (RPN objectness + box, ROI classifier + box), summed and scaled by the
         batch size like the other adapters. There is no dense assignment: the returned one is all background."""
         if not self.training:

@@ -21,6 +21,7 @@ from ultralytics.nn.modules.head import Detect
 from ultralytics.utils.torch_utils import initialize_weights
 
 from .base import ModelError
+from .registry import register_family
 from .yolo import YoloAdapter
 
 STRIDES = (8, 16, 32)
@@ -115,6 +116,7 @@ class TimmDetModel(nn.Module):
         return self.head.forward_head(feats, **self.head.one2many)
 
 
+@register_family("timm", matches=lambda name: name.startswith("timm:"), example="timm:mobilenetv3_small_100")
 class TimmAdapter(YoloAdapter):
     """A timm backbone under YOLOv8's head: the YOLO adapter's forward and loss on a :class:`TimmDetModel`."""
 

@@ -16,18 +16,26 @@ The raw head outputs are in ``raw["head"]``. There are no DFL bins (``box_bins``
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
 from .base import Assignment, DetectorAdapter, DetOutputs, ModelError
+from .registry import register_family
 
 STRIDES = [8, 16, 32, 64, 128]  # P3-P5 from the FPN, P6-P7 from LastLevelP6P7
 FPN_CHANNELS = 256  # at width=1.0; a multiple of 32 (the head's GroupNorm has 32 groups)
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 PREFIXES = ("torchvision:", "fcos", "retinanet", "ssd", "keypointrcnn", "maskrcnn")  # Faster R-CNN: rcnn_det.py
+
+
+def is_rcnn_name(name: str) -> bool:
+    """A torchvision Faster R-CNN name (the rcnn family's, rcnn_det.py)."""
+    return name.removeprefix("torchvision:").startswith("fasterrcnn")
 
 
 def parse_name(name: str) -> str:
@@ -132,6 +140,8 @@ def cell_centres(shapes: list, strides: list[int], device=None) -> tuple[Tensor,
     return torch.cat(points), torch.cat(per_anchor)
 
 
+@register_family("torchvision", matches=lambda name: name.startswith(PREFIXES) and not is_rcnn_name(name),
+                 example="fcos_resnet50_fpn")
 class TorchvisionAdapter(DetectorAdapter):
     """torchvision FCOS; ``.model`` is the ``torchvision.models.detection.FCOS`` holding every weight."""
 
@@ -180,7 +190,8 @@ class TorchvisionAdapter(DetectorAdapter):
             raw={"head": head, "anchor_boxes": anchor_boxes},
         )
 
-    def loss(self, out: DetOutputs, batch: dict) -> tuple[Tensor, dict[str, float], Assignment]:
+    def loss(self, out: DetOutputs, batch: dict,
+             sum_across: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
         """torchvision's FCOS loss (focal + GIoU + centerness BCE, each over the foreground count), summed and scaled by
         the batch size like the YOLO loss; the assignment is FCOS's own anchor matching."""
         dev = out.boxes.device

@@ -6,6 +6,7 @@ Builds on the training-mode output of ultralytics 8.4's ``Detect`` head (a dict 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from ..losses import dfl_expectation
 from .base import Assignment, DetectorAdapter, DetOutputs, ModelError
+from .registry import register_family
 
 # ultralytics' default loss gains (box, cls, dfl) and training hyper-parameters the loss reads
 LOSS_GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
@@ -44,6 +46,7 @@ def _arch_from_name(name: str, width: float | None = None, depth: float | None =
     return cfg
 
 
+@register_family("yolo", matches=lambda name: name.startswith("yolo"), example="yolov8n.yaml, yolo11s.yaml")
 class YoloAdapter(DetectorAdapter):
     family = "yolo"
 
@@ -63,7 +66,6 @@ class YoloAdapter(DetectorAdapter):
         self.strides = [int(s) for s in head.stride.tolist()]
         self.reg_max = int(head.reg_max)
         self._criterion = None
-        self.sum_across = None  # set by the trainer under torchrun: sums a tensor over processes
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -132,7 +134,8 @@ class YoloAdapter(DetectorAdapter):
         )
 
     # ------------------------------------------------------------------ loss
-    def loss(self, out: DetOutputs, batch: dict) -> tuple[Tensor, dict[str, float], Assignment]:
+    def loss(self, out: DetOutputs, batch: dict,
+             sum_across: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
         """ultralytics' v8 detection loss (TAL assigner, BCE + CIoU + DFL), summed and scaled by batch size as in
         ultralytics' trainer."""
         if self._criterion is None or self._criterion.device != out.cls_logits.device:
@@ -154,11 +157,11 @@ class YoloAdapter(DetectorAdapter):
         finally:
             hook.remove()
         B = out.cls_logits.shape[0]
-        if self.sum_across is not None:  # several processes: normalise like one process over the global batch would
+        if sum_across is not None:  # several processes: normalise like one process over the global batch would
             norm_local = captured["scores"].detach().sum()  # ultralytics' per-batch normaliser (clamped at 1)
-            norm_all = self.sum_across(norm_local)
+            norm_all = sum_across(norm_local)
             parts = parts * norm_local.clamp(min=1) / norm_all.clamp(min=1)  # this process's share of the global loss
-            B = int(self.sum_across(torch.tensor(float(B), device=parts.device)))
+            B = int(sum_across(torch.tensor(float(B), device=parts.device)))
         total = parts.sum() * B
         p = parts.detach()
         items = {"box": float(p[0]), "cls": float(p[1]), "dfl": float(p[2])}

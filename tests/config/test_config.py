@@ -104,4 +104,26 @@ def test_gt_feature_mask_needs_a_background_weight_below_one():
     RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_loss="hint", feature_mask="gt")).check()
     for bad in (1.0, -0.1):
         with pytest.raises(ConfigError, match=r"kd.feature_bg must be in \[0, 1\) with kd.feature_mask=gt"):
-            RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_mask="gt", feature_bg=bad)).check()
+            RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_loss="hint", feature_mask="gt",
+                                  feature_bg=bad)).check()
+
+
+def test_kd_combinations_come_from_the_term_tables():
+    """A mask on a loss that ignores it was silently accepted before; the check reads the same table as the loss."""
+    from cvkd.engine.config import KDConfig, RunConfig
+    from cvkd.engine.distill import FEATURE_LOSSES
+
+    for loss, spec in FEATURE_LOSSES.items():
+        for mask in ("all", "gt", "attention", "teacher_score"):
+            cfg = RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_loss=loss, feature_mask=mask))
+            if mask in spec.masks:
+                cfg.check()
+            else:
+                with pytest.raises(ConfigError, match=f"kd.feature_mask={mask} does not apply to kd.feature_loss={loss}"):
+                    cfg.check()
+        cfg = RunConfig(kd=KDConfig(teacher="t.pt", feature=1.0, feature_loss=loss, feature_norm="joint"))
+        if spec.joint:
+            cfg.check()
+        else:
+            with pytest.raises(ConfigError, match="kd.feature_norm=joint applies to kd.feature_loss=hint or pkd"):
+                cfg.check()

@@ -1,4 +1,4 @@
-"""Pseudo-labelling (cvkd.data.pseudo, tools/pseudo_label.py): a tiny random teacher over a folder and a video."""
+"""Pseudo-labelling (cvkd.engine.pseudo, tools/pseudo_label.py): a tiny random teacher over a folder and a video."""
 import importlib.util
 import json
 from pathlib import Path
@@ -11,9 +11,10 @@ from pycocotools.coco import COCO
 from tinydata import make_image
 
 from cvkd.checkpoint import save_checkpoint
-from cvkd.data import DataError, load_coco, pseudo
-from cvkd.data.pseudo import PseudoOptions, parse_class_conf, pseudo_label
+from cvkd.data import DataError, load_coco
+from cvkd.engine import pseudo
 from cvkd.engine.extra_data import add_extra_train
+from cvkd.engine.pseudo import PseudoOptions, parse_class_conf, pseudo_label
 from cvkd.models import build_detector
 
 ROOT = Path(__file__).resolve().parents[2]

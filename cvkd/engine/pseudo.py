@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .convert import write_json
-from .convert_pascal import categories
-from .errors import DataError
-from .frames import THUMB, FrameSource, iter_frames, open_source, thumb
-from .transforms import letterbox, unletterbox_boxes
+from ..data.convert import write_json
+from ..data.convert_pascal import categories
+from ..data.errors import DataError
+from ..data.frames import THUMB, FrameSource, iter_frames, open_source, thumb
+from ..data.transforms import letterbox, unletterbox_boxes
 
 log = logging.getLogger("cvkd")
 
