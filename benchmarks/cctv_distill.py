@@ -65,9 +65,9 @@ COLUMNS = ["model", "role", "method", "seed", "imgsz", "epochs", "params_m", "gf
 # teacher: the teacher run of a distilled row. gap_closed compares a row with its own tool's baseline trained with
 # the same interp and pipeline, and with that teacher.
 # KD settings of the cvkd rows (docs/cctv.md says where each comes from), on top of configs/cctv_distill.yaml with
-# every term off, the feature term normalised per level and a random student init (KD_RESET), so that a row does not
-# change when the yaml's default recipe does
-KD_RESET = ["kd.logit=0", "kd.feature=0", "kd.box=0", "kd.feature_norm=level", "model.init_from="]
+# every term off, the feature term normalised per level and unmasked (CWD takes no mask) and a random student init
+# (KD_RESET), so that a row does not change when the yaml's default recipe does
+KD_RESET = ["kd.logit=0", "kd.feature=0", "kd.box=0", "kd.feature_norm=level", "kd.feature_mask=all", "model.init_from="]
 KD_ROWS = {
     "logit": ["kd.logit=4.0", "kd.logit_t=1.0"],
     "feature": ["kd.feature=2.0", "kd.feature_loss=cwd", "kd.feature_t=4.0"],
