@@ -80,8 +80,9 @@ def test_real_ultralytics_checkpoints_still_load(tmp_path, yaml):
     path = _ultralytics_checkpoint(tmp_path / "u.pt", yaml)
     ck = torch_load(path)
     assert type(ck["ema"]).__name__ == "DetectionModel"
-    if yaml != "yolo26n.yaml":  # the YOLO26 head has its own adapter (issue 27)
-        assert load_detector(path).class_names == ["person", "car"]
+    m = load_detector(path)
+    assert m.class_names == ["person", "car"] and m.imgsz == 64
+    assert m.end2end == (yaml == "yolo26n.yaml")
 
 
 SHARED_TEACHER = ROOT.parent / "shared" / "checkpoints" / "cctv_yolov8s_320_e58_ultralytics.pt"

@@ -5,12 +5,15 @@
         --calib ../shared/datasets/cctv_people/train/images --calib-frames 200 --calib-method percentile \\
         --eval data/cctv_people/val.json --images ../shared/datasets/cctv_people/valid/images \\
         --class-map '{"0": person, "1": person}'
+    cvkd export runs/yolo26n/final.pt --imgsz 320 --variants e2e full raw --int8 --calib frames/   # YOLO26
 
 Files: ``{out}/{stem}_{imgsz}_{variant}[_nms]_{fp32|int8}.onnx`` (static input (1, 3, imgsz, imgsz), float RGB in
 [0, 1], letterboxed). ``full``: (1, A, 4 + K) xyxy boxes in input pixels + class scores (``--nms``: NMS baked in,
 (N, 6)). ``raw``: per level the box branch (1, 4*reg_max, H, W) and class logits (1, K, H, W), for NPU toolchains
-with their own post-processing. ``--int8``: ONNX Runtime static QDQ quantization of ``full`` calibrated on the camera's
-images; the decode tail stays float. ``--eval``: mAP of PyTorch FP32 and every ``full`` file, same evaluator.
+with their own post-processing (YOLO26: the one-to-many branch, (1, 4, H, W) distances). ``e2e`` (YOLO26): the
+NMS-free output (1, k, 6) rows x1, y1, x2, y2, score, label, the top-k of the one-to-one branch inside the graph, no
+NMS op. ``--int8``: ONNX Runtime static QDQ quantization of ``full`` and ``e2e`` calibrated on the camera's images;
+the decode tail stays float. ``--eval``: mAP of PyTorch FP32 and every ``full`` / ``e2e`` file, same evaluator.
 Errors print one line and exit 2. See docs/export.md.
 """
 from __future__ import annotations
@@ -83,13 +86,13 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 11..19 (default {DEFAULT_OPSET})")
     ap.add_argument("--nms", action="store_true", help="bake class-aware NMS into the full variant: (N, 6) output")
     ap.add_argument("--no-slim", action="store_true", help="skip onnxslim graph simplification")
-    ap.add_argument("--int8", action="store_true", help="also write an INT8 (QDQ) model of the full variant")
+    ap.add_argument("--int8", action="store_true", help="also write INT8 (QDQ) models of the full and e2e variants")
     ap.add_argument("--calib", help="--int8: folder of the camera's own images to calibrate on")
     ap.add_argument("--calib-frames", type=int, default=100, help="--int8: images used, evenly spaced (default 100)")
     ap.add_argument("--calib-method", choices=list(CALIB_METHODS), default="minmax",
                     help="--int8: activation range calibration (default minmax)")
     ap.add_argument("--openvino", action="store_true", help="also convert every ONNX file to OpenVINO IR (.xml/.bin)")
-    ap.add_argument("--eval", metavar="JSON", help="COCO json to score PyTorch FP32 and each full ONNX file on")
+    ap.add_argument("--eval", metavar="JSON", help="COCO json to score PyTorch FP32 and each full / e2e ONNX file on")
     ap.add_argument("--images", help="--eval: image folder of the json")
     ap.add_argument("--class-map", help="--eval: merge/rename categories, e.g. '{\"0\": person, \"1\": person}'")
     ap.add_argument("--threads", type=int, default=1, help="--eval: ONNX Runtime intra-op threads (default 1)")

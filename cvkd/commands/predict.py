@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
                     help="stream: reopen a stream that stops delivering frames this many times (default 3)")
     ap.add_argument("--reconnect-wait", type=float, default=1.0, help="stream: seconds before each reopen (default 1)")
     ap.add_argument("--no-annotate", action="store_true", help="write predictions.json only, no images/video")
+    ap.add_argument("--e2e-nms", action="store_true", help="end-to-end .pt models (YOLO26): the one-to-many branch "
+                    "with NMS instead of the NMS-free one-to-one top-k")
     ap.add_argument("--device", default="auto", help="PyTorch models: auto, cpu, cuda, cuda:1 ... (default auto)")
     ap.add_argument("--threads", type=int, default=1, help="ONNX Runtime / OpenVINO threads (default 1)")
     return ap
@@ -49,7 +51,7 @@ def options(args: argparse.Namespace) -> PredictOptions:
     return PredictOptions(imgsz=args.imgsz, conf=args.conf, iou=args.iou, max_det=args.max_det, classes=classes,
                           every=args.every, max_frames=args.max_frames, reconnect=args.reconnect,
                           reconnect_wait=args.reconnect_wait, annotate=not args.no_annotate, device=args.device,
-                          threads=args.threads)
+                          threads=args.threads, e2e_nms=args.e2e_nms)
 
 
 def main(argv: list[str] | None = None) -> int:

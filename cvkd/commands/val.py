@@ -51,6 +51,7 @@ def run_model(args: argparse.Namespace, data, imgsz: int) -> tuple[dict, list]:
 
     device = pick_device(args.device, key="--device")
     model = load_detector(args.weights, device).eval()
+    model.e2e_nms = args.e2e_nms
     check_class_names(data.class_names, list(model.class_names), f"{args.weights} on {data.json_path}")
 
     def predict(img):
@@ -113,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--conf", type=float, default=0.001, help="mode 2: score threshold before NMS (default 0.001)")
     ap.add_argument("--iou", type=float, default=0.7, help="mode 2: NMS IoU threshold (default 0.7)")
     ap.add_argument("--max-det", type=int, default=300, help="mode 2: detections kept per image (default 300)")
+    ap.add_argument("--e2e-nms", action="store_true", help="mode 2, end-to-end heads (YOLO26): score the one-to-many "
+                    "branch with NMS instead of the NMS-free one-to-one top-k (as deployed)")
     ap.add_argument("--save-pred", help="mode 2: write the scored detections json here")
     ap.add_argument("--metrics-out", help="write all metrics (including per-class AP) as json here")
     ap.add_argument("--csv", help="append one row of summary metrics to this CSV (header written once)")

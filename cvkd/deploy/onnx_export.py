@@ -3,7 +3,8 @@
 Input ``images``: float32 RGB in [0, 1], letterboxed like evaluation (long side resized to S, gray 114 padding).
 Outputs, ``full`` variant: ``predictions`` (1, A, 4 + K) xyxy input pixels + sigmoid scores, or with NMS baked in
 ``detections`` (N, 6) ``x1, y1, x2, y2, score, label``. ``raw`` variant: ``box_s{stride}`` (1, 4R, H, W) DFL bin logits
-and ``cls_s{stride}`` (1, K, H, W) class logits per level. The model's metadata (``metadata_props``) records the
+and ``cls_s{stride}`` (1, K, H, W) class logits per level (YOLO26: l/t/r/b distances, (1, 4, H, W)). ``e2e`` variant
+(YOLO26): ``detections`` (1, k, 6), the NMS-free top-k of the one-to-one branch. The model's metadata (``metadata_props``) records the
 variant, class names, strides, imgsz, reg_max and the NMS settings, read back by :func:`read_metadata`.
 """
 from __future__ import annotations
@@ -21,10 +22,10 @@ import torch
 
 from ..models.base import DetectorAdapter
 from .errors import ExportError
-from .wrapper import FullHead, RawHead
+from .wrapper import E2EHead, FullHead, RawHead
 
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 11, 19, 17  # 11: NonMaxSuppression/Resize; 19: newest opset tested here
-VARIANTS = ("full", "raw")
+VARIANTS = ("full", "raw", "e2e")
 
 
 def check_opset(opset: int) -> None:
@@ -41,7 +42,7 @@ def check_imgsz(imgsz: int, strides: list[int]) -> None:
 def output_names(adapter: DetectorAdapter, variant: str, nms: bool) -> list[str]:
     if variant == "raw":
         return [f"{kind}_s{s}" for s in adapter.strides for kind in ("box", "cls")]
-    return ["detections" if nms else "predictions"]
+    return ["detections" if nms or variant == "e2e" else "predictions"]
 
 
 def build_wrapper(adapter: DetectorAdapter, imgsz: int, variant: str = "full", nms: bool = False,
@@ -53,8 +54,9 @@ def build_wrapper(adapter: DetectorAdapter, imgsz: int, variant: str = "full", n
         raise ExportError("NMS can only be baked into the 'full' variant")
     check_imgsz(imgsz, adapter.strides)
     model = copy.deepcopy(adapter).float().cpu().eval()
-    wrapper = FullHead(model, imgsz, nms, conf, iou, max_det) if variant == "full" else RawHead(model)
-    return wrapper.eval()
+    if variant == "full":
+        return FullHead(model, imgsz, nms, conf, iou, max_det).eval()
+    return (E2EHead(model, imgsz, max_det) if variant == "e2e" else RawHead(model)).eval()
 
 
 def export_onnx(adapter: DetectorAdapter, path: str | Path, imgsz: int, variant: str = "full",

@@ -49,14 +49,15 @@ class OrtDetector(DetectorAdapter):
             meta = read_metadata(path)
         except Exception as e:  # not an ONNX protobuf
             raise ExportError(f"{path}: not a readable ONNX file ({type(e).__name__})") from None
-        if meta.get("cvkd_variant") != "full":
-            raise ExportError(f"{path}: needs a 'full' cvkd ONNX export (decoded boxes + scores), got variant "
-                              f"'{meta.get('cvkd_variant', 'none')}'")
+        if meta.get("cvkd_variant") not in ("full", "e2e"):
+            raise ExportError(f"{path}: needs a 'full' or 'e2e' cvkd ONNX export (decoded boxes + scores), got "
+                              f"variant '{meta.get('cvkd_variant', 'none')}'")
         self.path, self.meta = path, meta
         self.class_names = list(meta["class_names"])
         self.strides = [int(s) for s in meta["strides"]]
         self.imgsz = int(meta["imgsz"])
-        self.baked_nms = bool(meta.get("nms", False))
+        self.baked_nms = bool(meta.get("nms", False)) or meta["cvkd_variant"] == "e2e"  # rows, not dense outputs
+        self.e2e = meta["cvkd_variant"] == "e2e"
         self.precision = str(meta.get("precision", "fp32"))
         self.session = ort_session(path, threads)
         self.input_name = self.session.get_inputs()[0].name
@@ -83,12 +84,15 @@ class OrtDetector(DetectorAdapter):
     @torch.no_grad()
     def predict(self, img: Tensor, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
                 out: DetOutputs | None = None) -> list[dict[str, Tensor]]:
-        """As :meth:`DetectorAdapter.predict`; with NMS baked in, the file's own conf/iou/max_det apply."""
+        """As :meth:`DetectorAdapter.predict`; with NMS baked in, the file's own conf/iou/max_det apply; an ``e2e``
+        file's sorted top-k rows are cut at ``conf`` and ``max_det``."""
         if not self.baked_nms:
             return super().predict(img, conf, iou, max_det, out)
         results = []
         for det in self.run(img):
-            d = torch.from_numpy(det)  # (N, 6) x1, y1, x2, y2, score, label
+            d = torch.from_numpy(det).reshape(-1, 6)  # (N, 6) x1, y1, x2, y2, score, label
+            if self.e2e:
+                d = d[d[:, 4] > conf][:max_det]
             results.append({"boxes": d[:, :4], "scores": d[:, 4], "labels": d[:, 5].long()})
         return results
 

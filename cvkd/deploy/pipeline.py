@@ -44,8 +44,8 @@ class ExportRequest:
         if self.nms and "full" not in self.variants:
             raise ExportError("NMS is baked into the 'full' variant only: add it to the variants")
         if self.int8:
-            if "full" not in self.variants:
-                raise ExportError("INT8 is made from the 'full' variant: add it to the variants")
+            if not {"full", "e2e"} & set(self.variants):
+                raise ExportError("INT8 is made from the 'full' (and 'e2e') variant: add one to the variants")
             if self.opset < INT8_MIN_OPSET:
                 raise ExportError(f"INT8 (per-channel QDQ) needs opset >= {INT8_MIN_OPSET}, got {self.opset}")
             if self.calib is None:
@@ -80,10 +80,12 @@ def export_set(adapter: DetectorAdapter, req: ExportRequest) -> dict[str, Path]:
     for variant in req.variants:
         req.written[f"{variant}_fp32"] = export_onnx(adapter, req.path(variant, "fp32"), req.imgsz, variant, req.opset,
                                                      nms=req.nms and variant == "full", slim=req.slim)
-    if req.int8:
-        req.int8_report = quantize_int8(req.written["full_fp32"], req.path("full", "int8"), req.calib,
-                                        req.calib_frames, req.calib_method)
-        req.written["full_int8"] = req.int8_report["path"]
+    for variant in ("full", "e2e") if req.int8 else ():
+        if variant in req.variants:
+            report = quantize_int8(req.written[f"{variant}_fp32"], req.path(variant, "int8"), req.calib,
+                                   req.calib_frames, req.calib_method)
+            req.written[f"{variant}_int8"] = report["path"]
+            req.int8_report = req.int8_report or report  # the full variant's, else the e2e one's
     if req.openvino:
         for key in list(req.written):
             req.written[f"{key}_ir"] = to_openvino(req.written[key])
@@ -108,13 +110,15 @@ def to_openvino(onnx_path: Path) -> Path:
 
 
 def predictors(adapter: DetectorAdapter | None, files: dict[str, Path], threads: int = 1) -> dict[tuple[str, str], Any]:
-    """{(format, precision): detector with ``predict``} for the PyTorch model and each ``full`` ONNX file."""
+    """{(format, precision): detector with ``predict``} for the PyTorch model and each ``full`` / ``e2e`` ONNX file
+    (format ``onnx`` / ``onnx-e2e``)."""
     out: dict[tuple[str, str], Any] = {}
     if adapter is not None:
         out[("pytorch", "fp32")] = adapter
     for key, path in files.items():
-        if key.startswith("full_") and path.suffix == ".onnx":
-            out[("onnx", key.split("_")[1])] = OrtDetector(path, threads)
+        variant, precision = key.split("_")[:2]
+        if variant in ("full", "e2e") and path.suffix == ".onnx":
+            out[("onnx" if variant == "full" else "onnx-e2e", precision)] = OrtDetector(path, threads)
     return out
 
 

@@ -46,6 +46,7 @@ class PredictOptions:
     annotate: bool = True  # write annotated images / an annotated video
     device: str = "auto"  # PyTorch models: auto, cpu, cuda, cuda:N, mps
     threads: int = 1  # ONNX Runtime / OpenVINO intra-op threads
+    e2e_nms: bool = False  # end-to-end PyTorch models (YOLO26): one-to-many branch + NMS instead of one-to-one top-k
 
 
 @dataclass
@@ -228,6 +229,8 @@ def predict(model_path: str | Path, source: str | Path, out_dir: str | Path | No
         raise DataError(f"--every must be >= 1, got {opts.every}")
     device = _device(opts.device)
     model = load_predictor(model_path, device, opts.threads)
+    if opts.e2e_nms:
+        model.e2e_nms = True
     names = list(model.class_names)
     imgsz = opts.imgsz or model.imgsz or 640
     if model.imgsz and opts.imgsz and opts.imgsz != model.imgsz and Path(model_path).suffix in (".onnx", ".xml"):

@@ -1,9 +1,13 @@
 """Export wrappers: small ``nn.Module``s over a YOLO adapter whose traced graph is clean ONNX.
 
-``RawHead``: the per-level head outputs before DFL/decode, for NPU toolchains that add their own post-processing.
+``RawHead``: the per-level head outputs before DFL/decode, for NPU toolchains that add their own post-processing
+(YOLO26: the one-to-many branch, l/t/r/b distances instead of DFL bins).
 ``FullHead``: decoded ``(1, A, 4 + K)`` = xyxy boxes in input pixels + per-class sigmoid scores, decode written in plain
-ops for YOLO (softmax over bins, expectation, constant anchors), other adapter families traced through their own
-``forward``; optionally class-aware NMS baked in (``(N, 6)`` rows ``x1, y1, x2, y2, score, label``).
+ops for YOLO (softmax over bins, expectation, constant anchors; YOLO26: the one-to-many distances), other adapter
+families traced through their own ``forward``; optionally class-aware NMS baked in (``(N, 6)`` rows ``x1, y1, x2, y2,
+score, label``).
+``E2EHead``: YOLO26's NMS-free output, ``(1, k, 6)`` rows of the top ``k = min(max_det, A)`` (anchor, class) scores of
+the one-to-one branch, top-k inside the graph and no NMS op: what the camera runs.
 """
 from __future__ import annotations
 
@@ -41,6 +45,11 @@ def head_inputs(det_model: nn.Module, x: Tensor) -> list[Tensor]:
         x = m(x)
         saved.append(x if m.i in det_model.save else None)
     return [x if j == -1 else saved[j] for j in layers[-1].f]
+
+
+def distances_to_boxes(dist: Tensor, points: Tensor, strides: Tensor) -> Tensor:
+    """(1, A, 4) l/t/r/b grid-unit distances -> (1, A, 4) xyxy input pixels, anchors (1, A, 2) and strides (1, A, 1)."""
+    return torch.cat([points - dist[..., :2], points + dist[..., 2:]], 2) * strides
 
 
 class RawHead(nn.Module):
@@ -92,12 +101,14 @@ class FullHead(nn.Module):
             out = self.adapter(img)
             return out.boxes.float(), out.cls_logits.float().sigmoid()  # (1, A, 4), (1, A, K)
         levels = self.raw.levels(img)
-        bins = torch.cat([b.flatten(2) for b, _ in levels], 2)  # (1, 4R, A)
+        box_out = torch.cat([b.flatten(2) for b, _ in levels], 2)  # (1, 4R, A), or (1, 4, A) distances without DFL
         logits = torch.cat([c.flatten(2) for _, c in levels], 2)  # (1, K, A)
-        bins = bins.view(1, 4, self.reg_max, -1).softmax(2)  # (1, 4, R, A) probability per bin
-        dist = (bins * self.proj).sum(2).transpose(1, 2)  # (1, A, 4) ltrb in grid units
-        lt, rb = dist[..., :2], dist[..., 2:]  # (1, A, 2) each
-        boxes = torch.cat([self.anchor_points - lt, self.anchor_points + rb], 2) * self.anchor_strides  # (1, A, 4)
+        if self.reg_max:
+            bins = box_out.view(1, 4, self.reg_max, -1).softmax(2)  # (1, 4, R, A) probability per bin
+            dist = (bins * self.proj).sum(2).transpose(1, 2)  # (1, A, 4) ltrb in grid units
+        else:
+            dist = box_out.transpose(1, 2)  # (1, A, 4) ltrb in grid units
+        boxes = distances_to_boxes(dist, self.anchor_points, self.anchor_strides)  # (1, A, 4)
         return boxes, logits.sigmoid().transpose(1, 2)  # (1, A, 4), (1, A, K)
 
     def forward(self, img: Tensor) -> Tensor:
@@ -119,3 +130,36 @@ class FullHead(nn.Module):
         cand = boxes[anchor_idx]  # (n, 4)
         kept = torchvision.ops.batched_nms(cand, vals, cls_idx, self.iou)[: self.max_det]  # (N,)
         return torch.cat([cand[kept], vals[kept, None], cls_idx[kept, None].float()], 1)  # (N, 6)
+
+
+class E2EHead(nn.Module):
+    """img (1, 3, S, S) -> (1, k, 6) rows ``x1, y1, x2, y2, score, label``: the one-to-one branch of a YOLO26 head,
+    the k most confident anchors, then the top k of their (anchor, class) scores (as :meth:`YoloAdapter.predict`;
+    rows are sorted by score and not thresholded: the camera applies its own confidence)."""
+
+    def __init__(self, adapter: DetectorAdapter, imgsz: int, max_det: int = 300):
+        super().__init__()
+        if not getattr(adapter, "end2end", False):
+            raise ExportError("the e2e variant (NMS-free one-to-one top-k) needs an end-to-end head (YOLO26); this "
+                              "model has none: export the full variant (add --nms to bake NMS in)")
+        self.model = adapter.model
+        self.head = adapter.model.model[-1]
+        self.num_classes = adapter.num_classes
+        points, strides = anchor_grid(imgsz, adapter.strides)
+        self.k = min(max_det, points.shape[0])
+        self.register_buffer("anchor_points", points.unsqueeze(0))  # (1, A, 2) grid units
+        self.register_buffer("anchor_strides", strides.unsqueeze(0))  # (1, A, 1)
+
+    def forward(self, img: Tensor) -> Tensor:
+        feats = head_inputs(self.model, img)  # per level (1, C_l, H_l, W_l)
+        dist = torch.cat([self.head.one2one_cv2[i](f).flatten(2) for i, f in enumerate(feats)], 2)  # (1, 4, A)
+        logits = torch.cat([self.head.one2one_cv3[i](f).flatten(2) for i, f in enumerate(feats)], 2)  # (1, K, A)
+        boxes = distances_to_boxes(dist.transpose(1, 2), self.anchor_points, self.anchor_strides)  # (1, A, 4)
+        scores = logits.sigmoid().transpose(1, 2)  # (1, A, K)
+        top_anchors = scores.amax(-1).topk(self.k, dim=1).indices  # (1, k)
+        cand = scores.gather(1, top_anchors[..., None].expand(-1, -1, self.num_classes))  # (1, k, K)
+        vals, flat = cand.flatten(1).topk(self.k, dim=1)  # (1, k) over the k*K (anchor, class) pairs
+        anchor_idx = top_anchors.gather(1, flat // self.num_classes)  # (1, k)
+        labels = (flat % self.num_classes).float()  # (1, k)
+        picked = boxes.gather(1, anchor_idx[..., None].expand(-1, -1, 4))  # (1, k, 4)
+        return torch.cat([picked, vals[..., None], labels[..., None]], 2)  # (1, k, 6)

@@ -86,6 +86,9 @@ class KDConfig:
     logit_t: float = setting(1.0, "temperature of the logit KD term")
     logit_weighting: Literal["none", "teacher_score"] = setting("teacher_score", "anchor weights of the logit KD term")
     logit_bg: float = setting(1.0, "weight of background anchors (not assigned to an object) in the logit term")
+    logit_branch: Literal["one2many", "both"] = setting(
+        "one2many", "end-to-end students (YOLO26): logit KD on the one-to-many branch (it trains the neck), or on "
+        "both branches (the mean)")
     feature: float = setting(0.0, "weight of the feature KD term (0 = off)")
     feature_loss: Literal["hint", "fgd", "cwd", "pkd"] = setting("cwd", "feature loss: FitNets hint (MSE), FGD, CWD or PKD")
     feature_mask: Literal["all", "gt", "attention", "teacher_score"] = setting(

@@ -74,7 +74,8 @@ def teacher_forward(teacher: DetectorAdapter, img: Tensor, bf16: bool) -> DetOut
 
     return dataclasses.replace(out, feats=[f32(f) for f in out.feats], cls_logits=f32(out.cls_logits),
                                box_bins=f32(out.box_bins), boxes=f32(out.boxes), anchors=f32(out.anchors),
-                               anchor_strides=f32(out.anchor_strides), raw=None)
+                               anchor_strides=f32(out.anchor_strides), raw=None,
+                               cls_logits_o2o=f32(out.cls_logits_o2o), boxes_o2o=f32(out.boxes_o2o))
 
 
 def _level_slices(sizes: list[int]) -> list[slice]:
@@ -206,8 +207,17 @@ BOX_LOSSES: dict[str, Callable[[KDInputs, Tensor], Tensor]] = {"ld": _box_ld, "i
 # --- the KD terms: (distiller, inputs) -> (num, den) --------------------------------------------------------------
 
 def _logit_term(d: "Distiller", x: KDInputs) -> Parts:
+    """On the one-to-many logits (what trains the neck); with kd.logit_branch=both also on the student's one-to-one
+    branch (YOLO26), against the teacher's one-to-one logits where it has them, else its only ones: the mean of the
+    two."""
     w = x.score_t if x.cfg.logit_weighting == "teacher_score" else None
     loss = sigmoid_kd(x.z_s, x.z_t, x.cfg.logit_t, weight=w, fg_mask=x.fg, bg_weight=x.cfg.logit_bg)
+    if x.cfg.logit_branch == "both":
+        K = x.z_s.shape[-1]
+        z_s = x.out_s.cls_logits_o2o[:, x.idx_s].reshape(-1, K)  # (B*A', K)
+        t = x.out_t.cls_logits_o2o if x.out_t.cls_logits_o2o is not None else x.out_t.cls_logits
+        z_t = t[:, x.idx_t].reshape(-1, K)
+        loss = 0.5 * (loss + sigmoid_kd(z_s, z_t, x.cfg.logit_t, weight=w, fg_mask=x.fg, bg_weight=x.cfg.logit_bg))
     return loss, _one(loss)
 
 
@@ -270,8 +280,16 @@ class Distiller(nn.Module):
         self.feature_pairs = [p for p in self.pairs if p[0] in cfg.feature_levels]
         if cfg.feature > 0 and not self.feature_pairs:
             raise ModelError(f"kd.feature_levels {cfg.feature_levels} select no level shared with the teacher")
-        if cfg.box > 0 and "ld" in cfg.box_loss.split("+") and (student.reg_max != teacher.reg_max):
-            raise ModelError(f"LD needs equal DFL bins: student reg_max {student.reg_max}, teacher {teacher.reg_max}")
+        if cfg.box > 0 and "ld" in cfg.box_loss.split("+"):
+            for role, m in (("student", student), ("teacher", teacher)):
+                if not getattr(m, "reg_max", None):
+                    raise ModelError(f"kd.box_loss={cfg.box_loss}: LD distils DFL bins, and the {role} ({m.family}) has "
+                                     "none: use kd.box_loss=iou or bounded")
+            if student.reg_max != teacher.reg_max:
+                raise ModelError(f"LD needs equal DFL bins: student reg_max {student.reg_max}, "
+                                 f"teacher {teacher.reg_max}")
+        if cfg.logit_branch == "both" and not getattr(student, "end2end", False):
+            raise ModelError("kd.logit_branch=both needs a student with a one-to-one branch (YOLO26)")
         self.adapters = nn.ModuleList()
         if cfg.feature > 0:
             ch_s, ch_t = student.feature_channels(imgsz), teacher.feature_channels(imgsz)

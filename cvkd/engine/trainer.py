@@ -294,6 +294,7 @@ def train_epoch(cfg: RunConfig, run: Run, data: Data, models: Models, optim: Opt
     nb = optim.steps_per_epoch
     kd_factor = models.distiller.weight_factor(epoch, cfg.train.epochs) if models.distiller is not None else 0.0
     models.objective.train()
+    models.student.start_epoch(epoch, cfg.train.epochs)  # epoch-scheduled losses (YOLO26's one-to-many weight)
     sums: dict[str, float] = {}
     t0 = time.time()
     bar = tqdm(loader, total=nb, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, mininterval=2,

@@ -10,8 +10,8 @@ from .feature_kd import (
     fgd_loss,
     hint_parts,
     pkd_loss,
-    pkd_parts,
     pkd_normalize,
+    pkd_parts,
     resize_to,
 )
 from .logit_kd import (

@@ -28,6 +28,8 @@ class DetOutputs:
     anchors: Tensor  # (A, 2) anchor centres in input pixels
     anchor_strides: Tensor  # (A,) stride of each anchor
     raw: Any = field(default=None, repr=False)  # the model's native output, for its own loss
+    cls_logits_o2o: Tensor | None = None  # (B, A, K) end-to-end heads (YOLO26): the one-to-one branch's logits
+    boxes_o2o: Tensor | None = None  # (B, A, 4) and its xyxy boxes in input pixels
 
     @property
     def level_sizes(self) -> list[int]:
@@ -64,6 +66,9 @@ class DetectorAdapter(nn.Module):
         """The detector's own training loss on ``batch`` (cvkd collate format), its items, and the assignment.
         ``sum_across`` (under torchrun) sums a tensor over processes: normalise over the global batch with it."""
         raise NotImplementedError
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before each epoch (0-based): for losses with an epoch schedule (YOLO26's E2E)."""
 
     def feature_channels(self, imgsz: int = 64) -> list[int]:
         was_training = self.training

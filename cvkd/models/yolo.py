@@ -1,7 +1,14 @@
-"""Ultralytics YOLO (v8, 11) adapter: dense class logits, DFL bins, decoded boxes, neck features.
+"""Ultralytics YOLO (v8, 11, 26) adapter: dense class logits, DFL bins, decoded boxes, neck features.
 
 Builds on the training-mode output of ultralytics 8.4's ``Detect`` head (a dict of ``boxes`` (B, 4*R, A), ``scores``
 (B, K, A) and ``feats``) and reuses ultralytics' task-aligned assigner and detection loss for the student's own loss.
+
+YOLO26 (``yolo26n.yaml``, ...) has an end-to-end head: no DFL (``reg_max`` 1, boxes are l/t/r/b distances, L1 + IoU
+loss) and a one-to-one branch beside the one-to-many one, computed on detached neck features in training, so only
+the one-to-many branch shapes the neck. Its loss is ultralytics' end-to-end loss: the one-to-many branch assigned
+top-10, the one-to-one top-7 then top-1, weighted ``w`` and ``1 - w`` with ``w`` decaying linearly from 0.8 to 0.1
+over the epochs (ultralytics' ``E2ELoss``). Prediction is NMS-free: the top ``max_det`` (anchor, class) scores of the
+one-to-one branch, as deployed (``e2e_nms=True``: the one-to-many branch with NMS instead, as ultralytics also reports).
 """
 from __future__ import annotations
 
@@ -19,8 +26,14 @@ from ..losses import dfl_expectation
 from .base import Assignment, DetectorAdapter, DetOutputs, ModelError
 from .registry import register_family
 
-# ultralytics' default loss gains (box, cls, dfl) and training hyper-parameters the loss reads
+# ultralytics' default loss gains (box, cls, dfl; YOLO26's L1 term takes the dfl gain) the loss reads
 LOSS_GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
+E2E_O2M_START, E2E_O2M_END = 0.8, 0.1  # one-to-many weight of the end-to-end loss, first and last epoch
+
+
+def e2e_one2many_weight(epoch: int, epochs: int) -> float:
+    """ultralytics' E2ELoss decay: 0.8 at epoch 0, linear to 0.1 at the last epoch."""
+    return max(1 - epoch / max(epochs - 1, 1), 0) * (E2E_O2M_START - E2E_O2M_END) + E2E_O2M_END
 
 
 def _ultralytics():
@@ -53,10 +66,6 @@ class YoloAdapter(DetectorAdapter):
     def __init__(self, model, class_names: list[str], arch: str | dict):
         super().__init__()
         head = model.model[-1]
-        if getattr(head, "one2one_cv2", None) is not None or head.reg_max <= 1:
-            raise ModelError(
-                "YOLO26-style end-to-end heads (no DFL, one-to-one branch) are not supported yet: use a YOLOv8/YOLO11 model"
-            )
         if head.nc != len(class_names):
             raise ModelError(f"model has {head.nc} classes but the class list has {len(class_names)}: {class_names}")
         model.args = SimpleNamespace(**LOSS_GAINS)
@@ -64,8 +73,11 @@ class YoloAdapter(DetectorAdapter):
         self.arch = arch
         self.class_names = list(class_names)
         self.strides = [int(s) for s in head.stride.tolist()]
-        self.reg_max = int(head.reg_max)
-        self._criterion = None
+        self.reg_max = int(head.reg_max) if head.reg_max > 1 else None  # None: l/t/r/b distances, no DFL bins
+        self.end2end = getattr(head, "one2one_cv2", None) is not None  # YOLO26: a one-to-one branch too
+        self.e2e_nms = False  # end-to-end heads: predict with the one-to-many branch + NMS instead of one-to-one top-k
+        self.one2many_weight = E2E_O2M_START
+        self._criteria: dict[str, object] = {}
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -110,18 +122,30 @@ class YoloAdapter(DetectorAdapter):
         return cls.from_name(spec["name"], class_names, spec.get("width"), spec.get("depth"))
 
     # ------------------------------------------------------------------ forward
+    def _decode(self, branch: dict, anchor_points: Tensor, stride_t: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
+        """One head branch -> class logits (B, A, K), DFL bins (B, A, 4, R) or None, xyxy boxes (B, A, 4) pixels."""
+        B = branch["scores"].shape[0]
+        cls_logits = branch["scores"].permute(0, 2, 1)  # (B, A, K)
+        if self.reg_max:
+            bins = branch["boxes"].permute(0, 2, 1).reshape(B, -1, 4, self.reg_max)  # (B, A, 4, R)
+            dist = dfl_expectation(bins)  # (B, A, 4) ltrb in grid units
+        else:
+            bins, dist = None, branch["boxes"].permute(0, 2, 1)  # (B, A, 4) ltrb in grid units, directly
+        lt, rb = dist[..., :2], dist[..., 2:]
+        boxes = torch.cat([anchor_points - lt, anchor_points + rb], -1) * stride_t  # (B, A, 4) xyxy pixels
+        return cls_logits, bins, boxes
+
     def forward(self, img: Tensor) -> DetOutputs:
         _, _, make_anchors = _ultralytics()
         preds = self.model(img)
         preds = preds[1] if isinstance(preds, tuple) else preds  # eval mode returns (decoded, raw dict)
-        feats = preds["feats"]
-        B = img.shape[0]
-        cls_logits = preds["scores"].permute(0, 2, 1)  # (B, A, K)
-        bins = preds["boxes"].permute(0, 2, 1).reshape(B, -1, 4, self.reg_max)  # (B, A, 4, R)
+        o2m = preds["one2many"] if self.end2end else preds
+        feats = o2m["feats"]
         anchor_points, stride_t = make_anchors(feats, self.model.model[-1].stride, 0.5)  # (A, 2) grid units, (A, 1)
-        dist = dfl_expectation(bins)  # (B, A, 4) ltrb in grid units
-        lt, rb = dist[..., :2], dist[..., 2:]
-        boxes = torch.cat([anchor_points - lt, anchor_points + rb], -1) * stride_t  # (B, A, 4) xyxy pixels
+        cls_logits, bins, boxes = self._decode(o2m, anchor_points, stride_t)
+        cls_o2o = boxes_o2o = None
+        if self.end2end:
+            cls_o2o, _, boxes_o2o = self._decode(preds["one2one"], anchor_points, stride_t)
         return DetOutputs(
             feats=list(feats),
             strides=self.strides,
@@ -131,38 +155,79 @@ class YoloAdapter(DetectorAdapter):
             anchors=anchor_points * stride_t,
             anchor_strides=stride_t.squeeze(1),
             raw=preds,
+            cls_logits_o2o=cls_o2o,
+            boxes_o2o=boxes_o2o,
         )
 
     # ------------------------------------------------------------------ loss
+    def _criterion(self, branch: str, device: torch.device):
+        """ultralytics' v8 loss for one branch: top-10 assignment (one-to-many), top-7 then top-1 (one-to-one)."""
+        crit = self._criteria.get(branch)
+        if crit is None or crit.device != device:
+            _, v8DetectionLoss, _ = _ultralytics()
+            crit = v8DetectionLoss(self.model, tal_topk=10) if branch == "one2many" else \
+                v8DetectionLoss(self.model, tal_topk=7, tal_topk2=1)
+            self._criteria[branch] = crit
+        return crit
+
+    def _branch_loss(self, branch: str, raw: dict, ul_batch: dict, sum_across) -> tuple[Tensor, tuple]:
+        """Gain-scaled (box, cls, dfl|l1) of one branch, per image; under torchrun normalised over the global batch."""
+        crit = self._criterion(branch, ul_batch["bboxes"].device)
+        captured: dict = {}
+        hook = crit.assigner.register_forward_hook(lambda m, i, o: captured.update(scores=o[2]))
+        try:
+            assigned, parts, _ = crit.get_assigned_targets_and_loss(raw, ul_batch)
+        finally:
+            hook.remove()
+        if sum_across is not None:  # several processes: normalise like one process over the global batch would
+            norm_local = captured["scores"].detach().sum()  # ultralytics' per-batch normaliser (clamped at 1)
+            parts = parts * norm_local.clamp(min=1) / sum_across(norm_local).clamp(min=1)  # this process's share
+        return parts, assigned
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        self.one2many_weight = e2e_one2many_weight(epoch, epochs)
+
     def loss(self, out: DetOutputs, batch: dict,
              sum_across: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
         """ultralytics' v8 detection loss (TAL assigner, BCE + CIoU + DFL), summed and scaled by batch size as in
-        ultralytics' trainer."""
-        if self._criterion is None or self._criterion.device != out.cls_logits.device:
-            _, v8DetectionLoss, _ = _ultralytics()
-            self._criterion = v8DetectionLoss(self.model)
+        ultralytics' trainer; for end-to-end heads its E2E loss (both branches, weighted by ``one2many_weight``).
+        The assignment (what KD terms use) is the one-to-many branch's."""
         H, W = out.feats[0].shape[2] * self.strides[0], out.feats[0].shape[3] * self.strides[0]
         xyxy = batch["bboxes"].to(out.cls_logits.device).float()  # (M, 4) input pixels
         xywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
         norm = xywh / xywh.new_tensor([W, H, W, H])
-        ul_batch = {
-            "batch_idx": batch["batch_idx"].to(norm.device),
-            "cls": batch["cls"].to(norm.device),
-            "bboxes": norm,
-        }
-        captured: dict = {}
-        hook = self._criterion.assigner.register_forward_hook(lambda m, i, o: captured.update(scores=o[2]))
-        try:
-            (fg_mask, _, target_boxes, _, _), parts, _ = self._criterion.get_assigned_targets_and_loss(out.raw, ul_batch)
-        finally:
-            hook.remove()
+        ul_batch = {"batch_idx": batch["batch_idx"].to(norm.device), "cls": batch["cls"].to(norm.device),
+                    "bboxes": norm}
+        raw = out.raw["one2many"] if self.end2end else out.raw
+        parts, (fg_mask, _, target_boxes, _, _) = self._branch_loss("one2many", raw, ul_batch, sum_across)
+        if self.end2end:
+            parts_o2o, _ = self._branch_loss("one2one", out.raw["one2one"], ul_batch, sum_across)
+            parts = parts * self.one2many_weight + parts_o2o * (1 - self.one2many_weight)
         B = out.cls_logits.shape[0]
-        if sum_across is not None:  # several processes: normalise like one process over the global batch would
-            norm_local = captured["scores"].detach().sum()  # ultralytics' per-batch normaliser (clamped at 1)
-            norm_all = sum_across(norm_local)
-            parts = parts * norm_local.clamp(min=1) / norm_all.clamp(min=1)  # this process's share of the global loss
+        if sum_across is not None:
             B = int(sum_across(torch.tensor(float(B), device=parts.device)))
         total = parts.sum() * B
         p = parts.detach()
-        items = {"box": float(p[0]), "cls": float(p[1]), "dfl": float(p[2])}
+        items = {"box": float(p[0]), "cls": float(p[1]), "dfl" if self.reg_max else "l1": float(p[2])}
         return total, items, Assignment(fg_mask=fg_mask.bool(), target_boxes=target_boxes)
+
+    @torch.no_grad()
+    def predict(self, img: Tensor, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
+                out: DetOutputs | None = None) -> list[dict[str, Tensor]]:
+        """End-to-end heads: NMS-free, the top ``max_det`` (anchor, class) scores of the one-to-one branch above
+        ``conf`` (``iou`` unused); other heads, or ``e2e_nms``: :meth:`DetectorAdapter.predict` (class-aware NMS)."""
+        out = out if out is not None else self(img)
+        if not self.end2end or self.e2e_nms:
+            return super().predict(img, conf, iou, max_det, out)
+        scores_all = out.cls_logits_o2o.float().sigmoid()  # (B, A, K)
+        A, K = scores_all.shape[1:]
+        k = min(max_det, A)
+        results = []
+        for b in range(scores_all.shape[0]):
+            top_anchors = scores_all[b].amax(-1).topk(k).indices  # (k,) the k most confident anchors
+            scores, flat = scores_all[b, top_anchors].flatten().topk(k)  # (k,) over their k*K (anchor, class) pairs
+            anchor_idx, labels = top_anchors[flat // K], flat % K
+            keep = scores > conf
+            results.append({"boxes": out.boxes_o2o[b, anchor_idx[keep]].float(), "scores": scores[keep],
+                            "labels": labels[keep]})
+        return results
