@@ -322,7 +322,7 @@ def main() -> None:
     ap.add_argument("--student", default=DEFAULT_STUDENT,
                     help="student of the student and KD rows: yolov8n (default) or any cvkd model.name, e.g. "
                          "timm:mobilenetv3_small_100 or tv:fcos_mobilenet_v3 (cross-family rows; the teacher stays "
-                         "YOLOv8s; ultralytics rows need yolov8n)")
+                         "YOLOv8s; ultralytics rows train the same YOLO student, e.g. yolo26n.yaml)")
     ap.add_argument("--teacher", default="teacher",
                     help="name of the teacher run (default teacher: folder teacher_<interp>_s0); another name trains "
                          "or reuses another teacher of the same config (e.g. teacher_rerun: the same seed retrained), "
@@ -404,12 +404,13 @@ def main() -> None:
                 from cvkd.data import load_coco
                 from cvkd.models.export_ultralytics import to_ultralytics_checkpoint
 
-                ul_teacher, interp, name, pipeline = None, "linear", f"{row}_s{seed}", "ultralytics"
+                prefix = "" if args.student == DEFAULT_STUDENT else args.student.replace(".yaml", "") + "_"
+                ul_teacher, interp, name, pipeline = None, "linear", f"{prefix}{row}_s{seed}", "ultralytics"
                 if row == "ultralytics_kd":
                     suffix = "" if args.interp == "area" else f"_{args.interp}"
                     ul_teacher = Path(args.out) / f"{args.teacher}{suffix}_ultralytics.pt"
                     to_ultralytics_checkpoint(teacher_pt, ul_teacher, args.imgsz)
-                    name = f"{row}{'_t' + args.interp if suffix else ''}_s{seed}{from_teacher}"
+                    name = f"{prefix}{row}{'_t' + args.interp if suffix else ''}_s{seed}{from_teacher}"
                     teacher = teacher_rel
                 run = run_ultralytics(args, name, seed, ul_teacher, ultralytics_data_yaml(DS, SRC, DATA))
                 rec = score_ultralytics(run, args, load_coco(DATA / "val.json", SRC / DS["val_images"],

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Camera deployment benchmark: ONNX Runtime CPU latency, model size and mAP of teacher FP32, student FP32/INT8.
 
-Every model is exported at each ``--imgsz`` (static batch-1 ONNX, ``full`` variant), the student is also quantized
+Every model is exported at each ``--imgsz`` (static batch-1 ONNX, ``full`` variant; YOLO26: ``e2e``, the NMS-free
+file it deploys), the student is also quantized
 to INT8 (ORT static QDQ, calibrated on ``--calib`` frames), and all sessions are timed side by side in one process:
 after ``--warmup`` runs each, the ``--runs`` timed runs are interleaved round-robin over the models, so background
 load hits every model alike. mAP on the CCTV val split through the same evaluator as training (``--no-map`` skips it).
@@ -86,19 +87,22 @@ def time_side_by_side(files: list[Path], imgsz: int, runs: int, warmup: int, thr
 def export_models(args: argparse.Namespace, imgsz: int) -> list[dict]:
     """Export every given checkpoint at ``imgsz``; one row per ONNX file (model, precision, file)."""
     rows = []
-    for role in ("teacher", "student", "baseline"):
+    for role, label in zip(("teacher", "student", "baseline"), args.labels):
         ckpt = getattr(args, role)
         if not ckpt:
             continue
         int8 = role == "student" or (role == "baseline" and args.baseline_int8)
-        req = ExportRequest(imgsz=imgsz, out_dir=Path(args.work), stem=role, int8=int8, calib=Path(args.calib),
-                            calib_frames=args.calib_frames, calib_method=args.calib_method, opset=args.opset)
-        print(f"[{imgsz}] exporting {role}: {ckpt}", flush=True)
-        written = export_set(load_for_export(ckpt), req)
+        adapter = load_for_export(ckpt)
+        variant = "e2e" if getattr(adapter, "end2end", False) else "full"  # YOLO26: the NMS-free file it deploys
+        req = ExportRequest(imgsz=imgsz, out_dir=Path(args.work), stem=label, variants=(variant,), int8=int8,
+                            calib=Path(args.calib), calib_frames=args.calib_frames, calib_method=args.calib_method,
+                            opset=args.opset)
+        print(f"[{imgsz}] exporting {role} ({label}): {ckpt}", flush=True)
+        written = export_set(adapter, req)
         for precision in ("fp32", "int8"):
-            if f"full_{precision}" in written:
-                rows.append({"model": role, "format": "onnx", "precision": precision, "imgsz": imgsz,
-                             "file": written[f"full_{precision}"]})
+            if f"{variant}_{precision}" in written:
+                rows.append({"model": label, "format": "onnx" if variant == "full" else "onnx-e2e",
+                             "precision": precision, "imgsz": imgsz, "file": written[f"{variant}_{precision}"]})
     return rows
 
 
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         path = Path(r["file"]).resolve()  # repo-relative when inside the repo, so the CSV is the same on every machine
         r.update(cpu=cpu_name(), onnxruntime=onnxruntime.__version__,
                  file=str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path))
-    write_csv(all_rows, Path(args.out))
+    write_csv(all_rows, Path(args.out), args.append)
     print(f"\nONNX Runtime {onnxruntime.__version__} CPU ({cpu_name()}), batch 1, {args.threads} intra-op thread(s), "
           f"median/p90 of {args.runs} runs after {args.warmup} warm-up\n")
     print(markdown_table(all_rows, TABLE))
@@ -142,8 +146,15 @@ def run(args: argparse.Namespace) -> list[dict]:
     return all_rows
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, append: bool = False) -> None:
+    """Write ``rows``; with ``append``, keep the CSV's other rows (same model/format/precision/imgsz: replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if append and path.is_file():
+        key = ("model", "format", "precision", "imgsz")
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+        new_keys = {tuple(str(r[k]) for k in key) for r in rows}
+        rows = [r for r in old if tuple(r[k] for k in key) not in new_keys] + rows
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
@@ -170,6 +181,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-map", action="store_true", help="latency and size only")
     ap.add_argument("--work", default=str(ROOT / "runs" / "export_bench"), help="where the ONNX files go")
     ap.add_argument("--out", default=str(RESULTS), help="CSV to write (default benchmarks/results/export.csv)")
+    ap.add_argument("--append", action="store_true", help="keep the CSV's other rows (rows of the same model, format, "
+                    "precision and imgsz are replaced)")
+    ap.add_argument("--labels", nargs=3, default=["teacher", "student", "baseline"], metavar=("T", "S", "B"),
+                    help="model names of the teacher, student and baseline rows (default teacher student baseline)")
     return ap
 
 

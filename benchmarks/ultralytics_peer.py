@@ -9,6 +9,7 @@ import csv
 import os
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -51,15 +52,20 @@ def ultralytics_data_yaml(ds: dict, src: Path, data: Path) -> Path:
 
 
 def run_ultralytics(args, name: str, seed: int, teacher_pt: Path | None, data_yaml: Path) -> Path:
-    """Plain `yolo detect train` of YOLOv8n (single_cls merges the classes into one, like cvkd's class_map); with
-    ``teacher_pt``, ultralytics' built-in distillation (``distill_model=<teacher> dis=6.0``). Resumes a killed run."""
+    """Plain `yolo detect train` of the student (``args.student``: yolov8n, yolo26n.yaml, ...; single_cls merges the
+    classes into one, like cvkd's class_map); with ``teacher_pt``, ultralytics' built-in distillation
+    (``distill_model=<teacher> dis=6.0``). Resumes a killed run."""
+    student = getattr(args, "student", "yolov8n")
+    if not student.startswith("yolo"):
+        sys.exit(f"error: the ultralytics rows train a YOLO student, not {student}")
     project = Path(args.out).resolve() / "ultralytics"
     run = project / name
     if (run / "weights" / "last.pt").is_file() and (run / "results.csv").is_file():
         with (run / "results.csv").open() as f:
             if len(list(csv.DictReader(f))) >= args.epochs:
                 return run
-    cmd = ["yolo", "detect", "train", "model=yolov8n.yaml", f"data={data_yaml}", f"epochs={args.epochs}",
+    model = student if student.endswith(".yaml") else f"{student}.yaml"
+    cmd = ["yolo", "detect", "train", f"model={model}", f"data={data_yaml}", f"epochs={args.epochs}",
            f"imgsz={args.imgsz}", f"batch={args.batch}", "workers=2", f"device={args.device}", "pretrained=False",
            "amp=False", "cache=ram", "plots=False", f"seed={seed}", "single_cls=True", f"project={project}",
            f"name={name}", "exist_ok=True", "val=True"]
