@@ -337,8 +337,8 @@ def main() -> None:
     ap.add_argument("--last", type=int, default=0,
                     help="with --table-only: also print each run's mean val mAP over its last N epochs (noise check)")
     args = ap.parse_args()
-    if args.student != DEFAULT_STUDENT and any(r.startswith("ultralytics") for r in args.rows):
-        ap.error("ultralytics rows train yolov8n: leave them out of --rows with --student " + args.student)
+    if not args.student.startswith("yolo") and any(r.startswith("ultralytics") for r in args.rows):
+        ap.error("ultralytics rows train a YOLO student: leave them out of --rows with --student " + args.student)
     select_dataset(args.dataset)
     # the 30-epoch runs keep their folder; another schedule gets its own (runs/bench_cctv_e100)
     args.out = args.out or str(ROOT / "runs" / (DS["out"] + ("" if args.epochs == 30 else f"_e{args.epochs}")))
