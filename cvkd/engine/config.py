@@ -82,6 +82,9 @@ class TrainConfig:
 @dataclass
 class KDConfig:
     teacher: str = setting("", "teacher checkpoint (cvkd or ultralytics .pt); empty = plain training")
+    teacher_classes: dict | None = setting(None, "teacher class -> student class map (several may merge into one, "
+                                           "'any of them'; unmapped ones are ignored); null: the same classes, or the "
+                                           "student's classes taken from the teacher's by name")
     logit: float = setting(0.0, "weight of the dense sigmoid logit KD term (0 = off)")
     logit_t: float = setting(1.0, "temperature of the logit KD term")
     logit_weighting: Literal["none", "teacher_score"] = setting("teacher_score", "anchor weights of the logit KD term")

@@ -24,6 +24,7 @@ from .. import __version__
 from ..config import ConfigError, to_dict
 from ..errors import ModelError, TrainingError  # noqa: F401 (TrainingError re-exported)
 from ..models import DetectorAdapter, build_detector, load_detector
+from ..models.class_map import check_class_rows, map_teacher
 from ..models.weight_select import init_from_larger
 from ..runs import Run, resolve_run_config, seed_everything
 from .config import RunConfig
@@ -150,11 +151,12 @@ class Models:
     step_fn: nn.Module  # the objective, or its DDP wrapper
 
 
-def load_teacher(cfg: RunConfig, device: torch.device) -> tuple[DetectorAdapter, bool]:
+def load_teacher(cfg: RunConfig, device: torch.device, class_names: list[str]) -> tuple[DetectorAdapter, bool]:
     """The frozen teacher and whether its forward pass runs in CPU bf16."""
     teacher = load_detector(cfg.kd.teacher, device).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    teacher = map_teacher(teacher, class_names, cfg.kd.teacher_classes).eval()  # the student's classes
     bf16 = cpu_bf16_teacher(cfg.kd.teacher_precision, device, teacher.bf16_teacher)
     if bf16:
         teacher.to(memory_format=torch.channels_last)
@@ -168,7 +170,7 @@ def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Ca
     student = build_student(cfg, class_names).to(device)
     teacher, distiller, bf16 = None, None, False
     if cfg.kd.teacher and cfg.kd.any_term:  # else no teacher pass
-        teacher, bf16 = load_teacher(cfg, device)
+        teacher, bf16 = load_teacher(cfg, device, class_names)
         distiller = Distiller(cfg.kd, student, teacher, cfg.data.imgsz).to(device)
         distiller.hooks.extend(callbacks.get("kd_term", []))
     if cfg.kd.teacher and teacher is None and cfg.model.init_from != "teacher":
@@ -176,6 +178,7 @@ def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Ca
     if cfg.model.init_from and run.resumed is None:  # a resumed run loads its own weights
         src = cfg.kd.teacher if cfg.model.init_from == "teacher" else cfg.model.init_from
         larger = teacher if teacher is not None and src == cfg.kd.teacher else load_detector(src, device)
+        check_class_rows(larger, src)
         if larger.class_names != class_names:
             raise ModelError(f"{src}: classes {larger.class_names} differ from the data's {class_names}: weight "
                              "selection would give the student another model's class outputs")

@@ -18,6 +18,7 @@ from .logit_kd import (
     DIVERGENCES,
     kd_divergence,
     logit_kd,
+    merge_class_logits,
     sigmoid_kd,
     teacher_score_weights,
 )
@@ -25,5 +26,6 @@ from .logit_kd import (
 __all__ = [
     "DIVERGENCES", "HintAdapter", "attention_masks", "box_mask", "cwd_loss", "dfl_expectation", "distribution_kd",
     "feature_hint", "feature_hint_levels", "fgd_loss", "hint_parts", "iou_imitation", "kd_divergence", "logit_kd",
-    "pkd_loss", "pkd_normalize", "pkd_parts", "resize_to", "sigmoid_kd", "teacher_bounded_l2", "teacher_score_weights",
+    "merge_class_logits", "pkd_loss", "pkd_normalize", "pkd_parts", "resize_to", "sigmoid_kd", "teacher_bounded_l2",
+    "teacher_score_weights",
 ]

@@ -172,3 +172,25 @@ def sigmoid_kd(
         fg = fg_mask.float()
         w = w * (fg + bg_weight * (1.0 - fg))
     return _masked_mean(per_anchor, w)
+
+
+def merge_class_logits(logits: Tensor, groups: Tensor) -> Tensor:
+    """Sigmoid class logits of a teacher mapped onto fewer (merged) classes: class ``j`` of the result is "any of the
+    teacher classes of group ``j``", ``p_j = 1 - prod_{i in j} (1 - sigmoid(z_i))`` (the members treated as
+    independent detections of the same object), returned as a logit.
+
+    Computed in log space: with ``S_j = sum_{i in j} softplus(z_i) = -log(1 - p_j)``, ``logit(p_j) = log(expm1(S_j))``,
+    stable for large and small ``S_j``; a one-member group gives back its logit exactly (``log(expm1(softplus(z)))
+    = z``). A group with no member has ``p_j = 0`` (logit -inf clamped to -30).
+
+    Args:
+        logits: (..., K_t) teacher class logits.
+        groups: (K_s, K_t) 0/1 membership: ``groups[j, i] = 1`` when teacher class ``i`` maps to class ``j``.
+    Returns:
+        (..., K_s) fp32 logits.
+    """
+    s = F.softplus(logits.float()) @ groups.float().t()  # (..., K_s) = -log(1 - p_j)
+    # log(expm1(s)) = s + log(1 - exp(-s)); for small s, log(expm1(s)) ~ log(s): expm1 keeps precision there
+    big = s > 20
+    out = torch.where(big, s + torch.log1p(-torch.exp(-s.clamp_min(20))), torch.log(torch.expm1(s.clamp(1e-30, 20))))
+    return out.clamp_min(-30.0)
