@@ -43,3 +43,10 @@ def test_tools_are_thin_scripts_over_cvkd_commands():
             continue
         text = path.read_text()
         assert "from cvkd.commands." in text and len(text.splitlines()) <= 15, path.name
+
+
+def test_every_package_folder_has_an_init():
+    """setuptools' find_packages skips folders without __init__.py: a non-editable install would miss them."""
+    missing = [str(d.relative_to(ROOT)) for d in (ROOT / "cvkd").rglob("*") if d.is_dir() and d.name != "__pycache__"
+               and any(d.glob("*.py")) and not (d / "__init__.py").is_file()]
+    assert not missing, missing

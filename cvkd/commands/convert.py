@@ -11,10 +11,10 @@ folder (``--images`` of cvkd val, ``data.*_images`` of the configs). Errors prin
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from cvkd.commands import run_command
 from cvkd.data import DataError, load_coco
 from cvkd.data.convert import (
     coco_to_yolo,
@@ -26,7 +26,6 @@ from cvkd.data.convert import (
     write_json,
     yolo_to_coco,
 )
-from cvkd.errors import CvkdError
 
 SPLIT_HELP = ("randomly move this fraction of the images to a val split (deterministic for a given --seed); "
               "for sets that come without a split")
@@ -132,16 +131,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    from cvkd.runs import console_logging
-
-    console_logging(logging.INFO)
-    try:
-        run(args)
-    except CvkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 
+from cvkd.commands import run_command
 from cvkd.data import load_coco
 from cvkd.data.coco import parse_class_map
 from cvkd.deploy import (
@@ -41,8 +42,6 @@ from cvkd.deploy import (
     predictors,
     score,
 )
-from cvkd.errors import CvkdError
-from cvkd.runs import console_logging
 
 
 def run(args: argparse.Namespace) -> dict[str, Path]:
@@ -103,14 +102,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    console_logging(logging.WARNING)
-    try:
-        run(args)
-    except CvkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(parser(), run, argv, logging.WARNING)
 
 
 if __name__ == "__main__":

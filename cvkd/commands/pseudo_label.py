@@ -14,11 +14,10 @@ Errors print one line and exit 2.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from cvkd.commands import run_command
 from cvkd.engine.pseudo import PseudoOptions, parse_class_conf, pseudo_label
-from cvkd.errors import CvkdError
 
 
 def run(args: argparse.Namespace) -> None:
@@ -69,20 +68,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    from cvkd.runs import console_logging
-
-    console_logging(logging.INFO)
-    try:
-        run(args)
-    except CvkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: run the same command again to continue from {args.out}/pseudo_state.json",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_command(parser(), run, argv, interrupted="interrupted: run the same command again to continue from "
+                       "{args.out}/pseudo_state.json")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,12 @@ truth too, and prediction category ids are mapped the same way. Errors print one
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
+from cvkd.commands import run_command
 from cvkd.data import check_class_names, load_coco
 from cvkd.data.coco import parse_class_map
-from cvkd.errors import ConfigError, CvkdError
+from cvkd.errors import ConfigError
 from cvkd.eval import (
     append_csv,
     csv_row,
@@ -32,7 +32,6 @@ from cvkd.eval import (
     write_metrics,
     write_predictions,
 )
-from cvkd.runs import console_logging
 
 
 def data_from_config(path: str) -> tuple[str, str, dict | None, int]:
@@ -124,14 +123,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    console_logging(logging.INFO)
-    try:
-        run(args)
-    except CvkdError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(parser(), run, argv)
 
 
 if __name__ == "__main__":
