@@ -29,6 +29,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 from cvkd.commands import run_command
 from cvkd.data import load_coco
 from cvkd.data.coco import parse_class_map
+from cvkd.data.yolo import is_data_yaml
 from cvkd.deploy import (
     CALIB_METHODS,
     DEFAULT_OPSET,
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
                         int8=args.int8, calib=Path(args.calib) if args.calib else None, calib_frames=args.calib_frames,
                         calib_method=args.calib_method, openvino=args.openvino)
     req.check()  # opset, variants, calibration folder: before the (slow) checkpoint load
-    if args.eval and not args.images:
+    if args.eval and not args.images and not is_data_yaml(args.eval):
         raise ExportError("--eval needs --images (the image folder of the json)")
     data = load_coco(args.eval, args.images, parse_class_map(args.class_map)) if args.eval else None
     adapter = load_for_export(args.weights)
@@ -91,7 +92,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--calib-method", choices=list(CALIB_METHODS), default="minmax",
                     help="--int8: activation range calibration (default minmax)")
     ap.add_argument("--openvino", action="store_true", help="also convert every ONNX file to OpenVINO IR (.xml/.bin)")
-    ap.add_argument("--eval", metavar="JSON", help="COCO json to score PyTorch FP32 and each full / e2e ONNX file on")
+    ap.add_argument("--eval", metavar="JSON", help="COCO json (or a YOLO data.yaml: its val split) to score PyTorch "
+                    "FP32 and each full / e2e ONNX file on")
     ap.add_argument("--images", help="--eval: image folder of the json")
     ap.add_argument("--class-map", help="--eval: merge/rename categories, e.g. '{\"0\": person, \"1\": person}'")
     ap.add_argument("--threads", type=int, default=1, help="--eval: ONNX Runtime intra-op threads (default 1)")

@@ -10,6 +10,7 @@ Run a checkpoint (cvkd or ultralytics .pt) over a validation set:
     cvkd val --weights runs/student/best.pt --gt datasets/cctv_mini/val.json \\
         --images datasets/cctv_mini/images/val --class-map '{"0": person, "1": person}' --imgsz 320
     cvkd val --weights runs/student/best.pt --data configs/cctv_student.yaml
+    cvkd val --weights runs/student/best.pt --gt my_dataset/data.yaml --imgsz 320    # YOLO format, val split
 
 The ground truth is the validated, class-remapped set: with --class-map, merged categories are merged in the ground
 truth too, and prediction category ids are mapped the same way. Errors print one line and exit 2.
@@ -22,6 +23,7 @@ import sys
 from cvkd.commands import run_command
 from cvkd.data import check_class_names, load_coco
 from cvkd.data.coco import parse_class_map
+from cvkd.data.yolo import is_data_yaml
 from cvkd.errors import ConfigError
 from cvkd.eval import (
     append_csv,
@@ -34,12 +36,17 @@ from cvkd.eval import (
 )
 
 
-def data_from_config(path: str) -> tuple[str, str, dict | None, int]:
-    """(val_json, val_images, class_map, imgsz) from the data section of a run config YAML."""
+def data_from_config(path: str) -> tuple[str, str | None, dict | None, int | None]:
+    """(val set, its images, class_map, imgsz) from a run config YAML's data section, or from a YOLO data.yaml."""
     from cvkd.config import from_dict, load_yaml
     from cvkd.engine.config import DataConfig
 
-    cfg = from_dict(DataConfig, load_yaml(path).get("data"), "data")
+    d = load_yaml(path)
+    if "data" not in d and ("names" in d or "nc" in d):  # a YOLO data.yaml, not a run config
+        return path, None, None, None
+    cfg = from_dict(DataConfig, d.get("data"), "data")
+    if cfg.yaml:
+        return cfg.yaml, None, cfg.class_map, cfg.imgsz
     return cfg.val_json, cfg.val_images, cfg.class_map, cfg.imgsz
 
 
@@ -73,10 +80,13 @@ def run(args: argparse.Namespace) -> dict:
         class_map = class_map if class_map is not None else cfg_map
         imgsz = imgsz or cfg_imgsz
     if not gt:
-        raise ConfigError("--gt (ground-truth COCO json) is required" + (" (or --data)" if args.weights else ""))
-    if args.weights and not images:
+        raise ConfigError("--gt (ground-truth COCO json or YOLO data.yaml) is required"
+                          + (" (or --data)" if args.weights else ""))
+    yolo = is_data_yaml(gt)
+    if args.weights and not images and not yolo:
         raise ConfigError("--weights needs --images (the image folder of --gt), or --data")
-    data = load_coco(gt, images, class_map, check_images=images is not None, box_policy=args.box_policy)
+    data = load_coco(gt, images, class_map, check_images=images is not None or yolo, box_policy=args.box_policy,
+                     split=args.split)
     if args.pred:
         metrics, preds = score_predictions(args.pred, data), None
     else:
@@ -96,11 +106,14 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pred", help="mode 1: detections json to score (COCO results format, boxes in original pixels)")
     ap.add_argument("--weights", help="mode 2: checkpoint to run (cvkd .pt from cvkd train, or an ultralytics .pt)")
-    ap.add_argument("--gt", help="ground-truth COCO instances json")
+    ap.add_argument("--gt", help="ground truth: a COCO instances json, or a YOLO data.yaml (ultralytics / Roboflow; "
+                    "its --split, images found through it)")
+    ap.add_argument("--split", choices=["val", "train", "test"], default="val",
+                    help="the split of a YOLO data.yaml to score (default val)")
     ap.add_argument("--images", help="image folder of --gt (file_name is relative to it); with --pred optional: "
                     "when given, every image is checked (exists, not corrupt, size matches the json)")
-    ap.add_argument("--data", help="mode 2 alternative to --gt/--images: a run config YAML; its data.val_json, "
-                    "data.val_images, data.class_map and data.imgsz are used")
+    ap.add_argument("--data", help="mode 2 alternative to --gt/--images: a run config YAML (its data.val_json and "
+                    "data.val_images or data.yaml, data.class_map and data.imgsz are used), or a YOLO data.yaml")
     ap.add_argument("--class-map", help="merge/rename categories, inline YAML/JSON or a file: '{\"0\": person, "
                     "\"1\": person}' maps original category names to class names; null drops a category")
     ap.add_argument("--box-policy", choices=["clip", "reject"], default="clip",

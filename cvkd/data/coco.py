@@ -17,6 +17,7 @@ import yaml
 
 from .errors import DataError
 from .images import check_image
+from .yolo import is_data_yaml, yolo_split
 
 log = logging.getLogger("cvkd")
 
@@ -261,8 +262,12 @@ def load_coco(
     check_images: bool = True,
     box_policy: Literal["clip", "reject"] = "clip",
     bad_images: Literal["stop", "skip"] = "stop",
+    split: Literal["train", "val", "test"] = "val",
 ) -> CocoData:
     """Read and validate a COCO instances json; ``file_name`` is relative to ``image_dir`` (default: the json's folder).
+
+    ``json_path`` may also be a YOLO ``data.yaml`` (or its folder; ultralytics / Roboflow layout): its ``split`` is read
+    from the txt labels (``cvkd.data.yolo``) and validated the same way; ``image_dir`` must then be None.
 
     ``class_map`` maps original category names to new class names (merge/rename); null or "" drops a category.
     ``check_images`` opens every image header (existence, corruption, size = json width/height).
@@ -273,9 +278,15 @@ def load_coco(
     if box_policy not in ("clip", "reject"):
         raise DataError(f"box_policy must be 'clip' or 'reject', got {box_policy!r}")
     json_path = Path(json_path)
-    image_dir = Path(image_dir) if image_dir is not None else json_path.parent
     src = str(json_path)
-    d = read_json(json_path)
+    if is_data_yaml(json_path):
+        if image_dir is not None:
+            raise DataError(f"{src}: a data.yaml names its own image folders; give no image folder with it")
+        d, image_dir = yolo_split(json_path, split)
+        src = f"{json_path} ({split})"
+    else:
+        image_dir = Path(image_dir) if image_dir is not None else json_path.parent
+        d = read_json(json_path)
     _require(d, ("images", "annotations", "categories"), src)
     for key in ("images", "annotations"):
         if not isinstance(d[key], list):
@@ -332,11 +343,16 @@ def to_coco_dict(data: CocoData) -> dict:
 
 
 def load_split(cfg: Any, split: Literal["train", "val"]) -> CocoData:
-    """Load the ``train`` or ``val`` set named by a data config (``{split}_json``, ``{split}_images``, ``class_map``,
-    ``box_policy``, ``cache``)."""
-    data = load_coco(getattr(cfg, f"{split}_json"), getattr(cfg, f"{split}_images"), getattr(cfg, "class_map", None),
-                     check_images=True, box_policy=getattr(cfg, "box_policy", "clip"),
-                     bad_images=getattr(cfg, "bad_images", "stop"))
+    """Load the ``train`` or ``val`` set named by a data config: ``yaml`` (a YOLO data.yaml) or ``{split}_json`` and
+    ``{split}_images``; then ``class_map``, ``box_policy``, ``bad_images``, ``cache``."""
+    yolo_yaml = getattr(cfg, "yaml", "")
+    if yolo_yaml:
+        src, images = yolo_yaml, None
+    else:
+        src, images = getattr(cfg, f"{split}_json"), getattr(cfg, f"{split}_images")
+    data = load_coco(src, images, getattr(cfg, "class_map", None), check_images=True,
+                     box_policy=getattr(cfg, "box_policy", "clip"), bad_images=getattr(cfg, "bad_images", "stop"),
+                     split=split)
     data.cache = bool(getattr(cfg, "cache", False))
     return data
 

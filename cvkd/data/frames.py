@@ -14,9 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .convert import IMAGE_EXTS, list_images
 from .errors import DataError
 from .images import check_image, read_rgb
+from .yolo import IMAGE_EXTS, list_images
 
 log = logging.getLogger("cvkd")
 

@@ -19,10 +19,10 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.convert import IMAGE_EXTS, list_images
 from ..data.errors import DataError
 from ..data.images import read_rgb
 from ..data.transforms import letterbox, unletterbox_boxes
+from ..data.yolo import IMAGE_EXTS, list_images
 
 log = logging.getLogger("cvkd")
 

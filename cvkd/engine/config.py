@@ -10,6 +10,8 @@ from ..config import ConfigError, setting
 
 @dataclass
 class DataConfig:
+    yaml: str = setting("", "a YOLO data.yaml (ultralytics / Roboflow: train, val, names) read directly, instead of the "
+                        "four *_json/*_images keys; on the command line also data=path/data.yaml")
     train_json: str = setting("datasets/cctv_mini/train.json", "COCO instances json of the training set")
     train_images: str = setting("datasets/cctv_mini/images/train", "image folder the training json's file_name is relative to")
     val_json: str = setting("datasets/cctv_mini/val.json", "COCO instances json of the validation set")
@@ -137,6 +139,12 @@ class RunConfig:
         from ..runs import pick_device
 
         pick_device(self.train.device)  # a bad device is one line before any run folder exists
+        if self.data.yaml:
+            defaults = DataConfig()
+            both = [k for k in ("train_json", "train_images", "val_json", "val_images")
+                    if getattr(self.data, k) != getattr(defaults, k)]
+            if both:
+                raise ConfigError(f"data.yaml and data.{both[0]} both name the dataset: keep one")
         if self.data.imgsz % 32:
             raise ConfigError(f"data.imgsz must be a multiple of 32, got {self.data.imgsz}")
         if self.train.epochs < 1 or self.train.batch < 1:

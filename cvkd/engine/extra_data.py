@@ -16,25 +16,29 @@ import torch
 
 from ..config import ConfigError
 from ..data import CocoData, DataError, ImageRecord, load_coco
-from ..data.convert import list_images
 from ..data.images import check_image
+from ..data.yolo import is_data_yaml, list_images
 from ..models import Assignment, DetectorAdapter, DetOutputs
 
 log = logging.getLogger("cvkd")
 
 
 def add_extra_train(train: CocoData, extra: list[dict], box_policy: str) -> CocoData:
-    """The labelled set plus each ``{json, images[, class_map]}`` set; class lists must agree with the labelled set's.
+    """The labelled set plus each ``{json, images[, class_map]}`` set (``json`` may be a YOLO data.yaml, no ``images``); class lists must agree with the labelled set's.
 
     A pseudo-labelled set already uses the teacher's (final) class names, so by default no class map is applied to
     it; give ``class_map`` for an extra set that still has the source's categories.
     """
     images = list(train.images)
     for i, item in enumerate(extra):
-        if not isinstance(item, dict) or not {"json", "images"} <= set(item) <= {"json", "images", "class_map"}:
-            raise ConfigError(f"data.extra_train[{i}] must be a mapping with keys json, images (and optionally "
-                              f"class_map), got {item!r}")
-        more = load_coco(item["json"], item["images"], item.get("class_map"), check_images=True, box_policy=box_policy)
+        yolo = isinstance(item, dict) and is_data_yaml(str(item.get("json", "")))
+        need = {"json"} if yolo else {"json", "images"}
+        if not isinstance(item, dict) or not need <= set(item) <= need | {"class_map"}:
+            raise ConfigError(f"data.extra_train[{i}] must be a mapping with keys json (a COCO json, or a YOLO "
+                              f"data.yaml whose train split is used), images (the json's image folder; none for a "
+                              f"data.yaml) and optionally class_map, got {item!r}")
+        more = load_coco(item["json"], item.get("images"), item.get("class_map"), check_images=True,
+                         box_policy=box_policy, split="train")
         if more.class_names != train.class_names:
             raise DataError(f"{item['json']}: classes {more.class_names} differ from the training set's "
                             f"{train.class_names} (give this extra set a class_map)")

@@ -40,7 +40,20 @@ Callbacks = dict[str, list[Callable[[dict], None]]]  # event -> functions called
 
 def resolve_config(config_path: str | None, overrides: list[str]) -> RunConfig:
     """The config of a new detector run, or of the run being resumed plus the overrides."""
-    return resolve_run_config(RunConfig, config_path, overrides)
+    return resolve_run_config(RunConfig, config_path, dataset_overrides(overrides))
+
+
+def dataset_overrides(overrides: list[str]) -> list[str]:
+    """``data=my/data.yaml`` (as ultralytics users type it) is short for ``data.yaml=``; a data.yaml named on the
+    command line replaces the config file's dataset (its ``*_json``/``*_images`` keys go back to their defaults)."""
+    from .config import DataConfig
+
+    out = [f"data.yaml={o[5:]}" if o.startswith("data=") else o for o in overrides]
+    if any(o.startswith("data.yaml=") for o in out):
+        keys = ("train_json", "train_images", "val_json", "val_images")
+        out = [f"data.{k}={getattr(DataConfig(), k)}" for k in keys if not any(o.startswith(f"data.{k}=") for o in out)
+               ] + out
+    return out
 
 
 def build_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter:

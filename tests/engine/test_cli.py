@@ -61,6 +61,22 @@ def _video(path: Path, n: int = 6) -> Path:
     return path
 
 
+def _as_yolo_set(splits: dict, root: Path) -> Path:
+    """The embedded-set subsets as a YOLO dataset (images/<split>, labels/<split>, data.yaml)."""
+    import shutil
+
+    from cvkd.data.convert import coco_to_yolo
+
+    for split, js in splits.items():
+        names = coco_to_yolo(js, root / "labels" / split)
+        for im in json.loads(Path(js).read_text())["images"]:
+            dst = root / "images" / split / im["file_name"]
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(MINI / "images" / split / im["file_name"], dst)
+    (root / "data.yaml").write_text(f"train: images/train\nval: images/val\nnames: {names}\n")
+    return root / "data.yaml"
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """`cvkd train` then `cvkd distill` (the first run as the teacher) on 3 frames, 64 px, 1 epoch each."""
@@ -75,7 +91,11 @@ def trained(tmp_path_factory):
     r = cvkd_cmd("train", *data, "model.name=yolov8n.yaml", "name=teacher")
     assert r.returncode == 0, r.stderr[-2000:]
     teacher = tmp / "runs" / "teacher" / "final.pt"
-    r = cvkd_cmd("distill", *data, "model.name=yolov8n.yaml", "name=kd", f"kd.teacher={teacher}", "kd.logit=1")
+    # the student reads the same frames as a YOLO data.yaml (data=, as ultralytics users write it)
+    yolo = _as_yolo_set({"train": train, "val": val}, tmp / "yolo")
+    same = [a for a in data if not a.startswith(("data.train_", "data.val_"))]
+    r = cvkd_cmd("distill", *same, f"data={yolo}", "model.name=yolov8n.yaml", "name=kd", f"kd.teacher={teacher}",
+                 "kd.logit=1")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "map=" in r.stdout
     (tmp / "data.yaml").write_text(json.dumps({"data": {"val_json": str(val), "val_images": str(MINI / "images" / "val"),
@@ -90,6 +110,9 @@ def test_train_distill_val_export_predict(trained):
     r = cvkd_cmd("val", "--weights", str(weights), "--data", str(tmp / "data.yaml"), "--save-pred", str(tmp / "p.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     assert "mAP" in r.stdout or "map" in r.stdout
+    r = cvkd_cmd("val", "--weights", str(weights), "--gt", str(tmp / "yolo" / "data.yaml"), "--imgsz", "64",
+                 "--class-map", "{'0': person, '1': person}")  # the same val frames, read from YOLO txt labels
+    assert r.returncode == 0 and "2 images" in r.stdout, r.stderr[-2000:]
     r = cvkd_cmd("export", str(weights), "--imgsz", "64", "--out", str(tmp / "export"))
     assert r.returncode == 0, r.stderr[-2000:]
     onnx_file = next((tmp / "export").glob("*_full_fp32.onnx"))

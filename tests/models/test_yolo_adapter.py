@@ -1,5 +1,5 @@
-from dataclasses import replace
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
