@@ -24,8 +24,8 @@ from .. import __version__
 from ..config import ConfigError, to_dict
 from ..errors import ModelError, TrainingError  # noqa: F401 (TrainingError re-exported)
 from ..models import DetectorAdapter, build_detector, load_detector
-from ..models.class_map import check_class_rows, map_teacher
-from ..models.weight_select import init_from_larger
+from ..models.class_map import map_teacher
+from ..models.class_transfer import start_from
 from ..runs import Run, resolve_run_config, seed_everything
 from .config import RunConfig
 from .distill import Distiller, cpu_bf16_teacher, teacher_forward
@@ -59,9 +59,12 @@ def dataset_overrides(overrides: list[str]) -> list[str]:
 def build_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter:
     if Path(cfg.model.name).suffix in (".pt", ".pth", ".xz"):
         model = load_detector(cfg.model.name)
-        if model.class_names != class_names:
-            raise ModelError(f"{cfg.model.name}: model classes {model.class_names} differ from the data's {class_names}")
-        return model
+        if model.class_names == class_names:
+            return model
+        # a pretrained model of other classes (a COCO yolo11n.pt): its architecture with the data's classes
+        student = type(model).from_spec(model.arch_spec(), class_names)
+        start_from(student, model, cfg.model.name)
+        return student
     return build_detector(cfg.model.name, class_names, cfg.model.width, cfg.model.depth)
 
 
@@ -191,12 +194,7 @@ def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Ca
     if cfg.model.init_from and run.resumed is None:  # a resumed run loads its own weights
         src = cfg.kd.teacher if cfg.model.init_from == "teacher" else cfg.model.init_from
         larger = teacher if teacher is not None and src == cfg.kd.teacher else load_detector(src, device)
-        check_class_rows(larger, src)
-        if larger.class_names != class_names:
-            raise ModelError(f"{src}: classes {larger.class_names} differ from the data's {class_names}: weight "
-                             "selection would give the student another model's class outputs")
-        n = init_from_larger(student.model, larger.model, src)
-        log.info(f"student initialised by weight selection from {src} ({n} tensors narrowed)")
+        start_from(student, larger, src, select=True)  # class rows by name (or through kd.teacher_classes)
     log.info(f"student {cfg.model.name} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f} M params), "
              f"classes {class_names}")
     objective = Objective(student, distiller, (lambda t: sum_across(run.d, t)) if run.d.enabled else None)

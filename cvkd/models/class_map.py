@@ -86,22 +86,6 @@ class ClassMappedTeacher(DetectorAdapter):
         return DetectorAdapter.predict(self, img, conf, iou, max_det, out)
 
 
-def check_class_rows(larger: DetectorAdapter, source: str) -> None:
-    """Weight selection from a class-mapped teacher keeps, for student class ``j``, the teacher's class-output row
-    ``evenly_spaced(K_t, K_s)[j]``: refuse in one line unless that row is one of the classes mapped onto ``j``."""
-    if not isinstance(larger, ClassMappedTeacher):
-        return
-    from .weight_select import evenly_spaced
-
-    groups = larger.groups.cpu()
-    rows = evenly_spaced(groups.shape[1], groups.shape[0]).tolist()
-    for j, i in enumerate(rows):
-        if groups[j, i] == 0:
-            raise ModelError(f"{source}: weight selection would give student class '{larger.class_names[j]}' the "
-                             f"class outputs of teacher class '{larger.teacher.class_names[i]}' (not mapped onto it): "
-                             "start the student from random weights (model.init_from=)")
-
-
 def map_teacher(teacher: DetectorAdapter, student_classes: list[str], class_map: dict | None) -> DetectorAdapter:
     """The teacher as the student's classes see it: itself, or a :class:`ClassMappedTeacher`."""
     groups = class_groups(list(teacher.class_names), list(student_classes), class_map)
