@@ -5,6 +5,11 @@ Score an existing predictions json (COCO results format: [{image_id, category_id
     cvkd val --pred preds.json --gt data/cctv_people/val.json \\
         --images ../shared/datasets/cctv_people/valid/images
 
+Is A better than B? The paired gain over seeds, with a 95 % interval (seeds and val images):
+
+    cvkd val --gt data/cctv_people/val.json --pred kd_s0.json kd_s1.json kd_s2.json \
+        --baseline base_s0.json base_s1.json base_s2.json
+
 Run a checkpoint (cvkd or ultralytics .pt) over a validation set:
 
     cvkd val --weights runs/student/best.pt --gt datasets/cctv_mini/val.json \\
@@ -69,6 +74,28 @@ def run_model(args: argparse.Namespace, data, imgsz: int) -> tuple[dict, list]:
     return metrics, preds
 
 
+def compare(preds: list[str], baselines: list[str], data, n_boot: int) -> dict:
+    """Paired gain of ``preds`` over ``baselines`` (the i-th of each from the same training seed), with the 95 %
+    interval of :mod:`cvkd.eval.bootstrap` (training seeds and val-image resamples)."""
+    from cvkd.data import to_coco_dict
+    from cvkd.data.coco import read_json
+    from cvkd.eval.bootstrap import image_matches, paired_gain
+    from cvkd.eval.coco_eval import remap_predictions
+
+    if not baselines or len(preds) != len(baselines):
+        raise ConfigError(f"--pred and --baseline need one file each per seed, got {len(preds)} and {len(baselines)}")
+    gt = to_coco_dict(data)
+    pairs = [tuple(image_matches(gt, remap_predictions(read_json(f), data, f)) for f in pair)
+             for pair in zip(preds, baselines)]
+    g = paired_gain(pairs, n_boot=n_boot)
+    print(f"{'seed':<5} {'mAP':>7} {'baseline':>8} {'gain':>8}")
+    for i, (a, b, d) in enumerate(zip(g.map_a, g.map_b, g.per_seed)):
+        print(f"{i:<5} {a:7.4f} {b:8.4f} {d:+8.4f}")
+    print(g.line())
+    return {"gain": g.gain, "lo": g.lo, "hi": g.hi, "significant": g.significant, "per_seed": g.per_seed,
+            "map": g.map_a, "map_baseline": g.map_b, "sd_seed": g.sd_seed, "sd_images": g.sd_images}
+
+
 def run(args: argparse.Namespace) -> dict:
     if bool(args.pred) == bool(args.weights):
         raise ConfigError("give exactly one of --pred (score a predictions json) or --weights (run a model)")
@@ -87,8 +114,15 @@ def run(args: argparse.Namespace) -> dict:
         raise ConfigError("--weights needs --images (the image folder of --gt), or --data")
     data = load_coco(gt, images, class_map, check_images=images is not None or yolo, box_policy=args.box_policy,
                      split=args.split)
+    if args.baseline:
+        out = compare(args.pred or [], args.baseline, data, args.n_boot)
+        if args.metrics_out:
+            print(f"gain: {write_metrics(out, args.metrics_out)}")
+        return out
+    if args.pred and len(args.pred) > 1:
+        raise ConfigError("several --pred files are compared with --baseline (one baseline file per --pred file)")
     if args.pred:
-        metrics, preds = score_predictions(args.pred, data), None
+        metrics, preds = score_predictions(args.pred[0], data), None
     else:
         metrics, preds = run_model(args, data, imgsz or 640)
     print(format_table(metrics))
@@ -97,14 +131,19 @@ def run(args: argparse.Namespace) -> dict:
     if args.metrics_out:
         print(f"metrics: {write_metrics(metrics, args.metrics_out)}")
     if args.csv:
-        row = csv_row(metrics, name=args.name or "", source=args.pred or args.weights, gt=gt)
+        row = csv_row(metrics, name=args.name or "", source=args.pred[0] if args.pred else args.weights, gt=gt)
         print(f"csv row appended: {append_csv(args.csv, row)}")
     return metrics
 
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pred", help="mode 1: detections json to score (COCO results format, boxes in original pixels)")
+    ap.add_argument("--pred", nargs="+", help="mode 1: detections json to score (COCO results format, boxes in "
+                    "original pixels); several (one per training seed) with --baseline")
+    ap.add_argument("--baseline", nargs="+", help="mode 1: compare --pred against these detections (the i-th from the "
+                    "same training seed as the i-th --pred): mean paired gain with a 95 %% interval over seeds and "
+                    "val-image resamples (docs/usage.md, 'Is it better?')")
+    ap.add_argument("--n-boot", type=int, default=2000, help="--baseline: val-image resamples (default 2000)")
     ap.add_argument("--weights", help="mode 2: checkpoint to run (cvkd .pt from cvkd train, or an ultralytics .pt)")
     ap.add_argument("--gt", help="ground truth: a COCO instances json, or a YOLO data.yaml (ultralytics / Roboflow; "
                     "its --split, images found through it)")

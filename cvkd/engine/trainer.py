@@ -340,14 +340,18 @@ def train_epoch(cfg: RunConfig, run: Run, data: Data, models: Models, optim: Opt
 def end_epoch(cfg: RunConfig, run: Run, data: Data, models: Models, optim: Optimization, state: State, epoch: int,
               row: dict, callbacks: Callbacks) -> None:
     """Evaluate (rank 0; every ``eval_every`` epochs and after the last), log the row, save last.pt and best.pt."""
-    from ..eval import evaluate
+    from ..eval import evaluate, write_predictions
 
     if run.main:
         eval_model = optim.ema.ema if optim.ema is not None else models.student
-        if epoch + 1 == cfg.train.epochs or (epoch + 1) % cfg.train.eval_every == 0:
+        last = epoch + 1 == cfg.train.epochs
+        if last or (epoch + 1) % cfg.train.eval_every == 0:
             t1 = time.time()
+            preds: list | None = [] if last else None
             state.metrics = evaluate(eval_model.eval().predict, data.val_ds, cfg.data.imgsz, cfg.train.eval_batch,
-                                     run.device, quiet=True)
+                                     run.device, quiet=True, predictions_out=preds)
+            if last:  # the final weights' detections: paired comparisons between runs (cvkd val --baseline)
+                write_predictions(preds, run.dir / "val_predictions.json")
             row.update({k: f"{state.metrics[k]:.5f}" for k in ("map", "ap50", "ap75")},
                        sec_eval=f"{time.time() - t1:.1f}")
         run.add_row(row)

@@ -1,4 +1,6 @@
 """The trainer starting a student from a pretrained checkpoint of other classes (model.name=coco.pt)."""
+import json
+
 import torch
 
 from cvkd.checkpoint import save_checkpoint
@@ -15,4 +17,7 @@ def test_trainer_starts_from_a_checkpoint_of_other_classes(tiny_run, tmp_path, c
     train(resolve_config(None, [*tiny_run, f"model.name={ck}", "train.epochs=1", "train.lr=0"]))
     err = capfd.readouterr().err
     assert "pretrained weights from" in err and "rows of ['person'] kept by name" in err
-    assert (tmp_path / "runs" / "exp" / "final.pt").is_file()
+    run = tmp_path / "runs" / "exp"
+    assert (run / "final.pt").is_file()
+    preds = json.loads((run / "val_predictions.json").read_text())  # the final weights' val detections
+    assert preds and {"image_id", "category_id", "bbox", "score"} <= set(preds[0])
