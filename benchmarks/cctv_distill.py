@@ -144,10 +144,57 @@ def _finished(run: Path, epochs: int) -> bool:
     return bool(rows) and int(rows[-1]["epoch"]) >= epochs and rows[-1].get("map", "") != ""
 
 
+def add_teacher_row(table: dict, weights: Path, rel: str, args) -> dict:
+    """Score teacher weights that have no run folder here (through ``--teacher-classes``, as the KD rows see them) and
+    write their row: role teacher, the weights file as its run."""
+    import yaml
+
+    from cvkd.data import load_coco
+    from cvkd.eval import evaluate
+    from cvkd.models import load_detector
+    from cvkd.models.class_map import map_teacher
+
+    val = load_coco(DATA / "val.json", SRC / DS["val_images"], DS["class_map"])
+    model = load_detector(weights)
+    mapped = map_teacher(model, val.class_names, yaml.safe_load(args.teacher_classes) if args.teacher_classes else None)
+    preds: list = []
+    m = evaluate(mapped.eval().predict, val, args.imgsz, 16, "cpu", quiet=True, predictions_out=preds)
+    keep_predictions(rel, preds)
+    params, gflops = model_stats(model, args.imgsz)
+    rec = {"model": Path(model.arch_spec()["name"]).stem, "role": "teacher", "method": "none", "seed": 0,
+           "imgsz": args.imgsz, "epochs": args.teacher_epochs, "interp": "linear", "pipeline": "ultralytics",
+           "teacher": "", "run": rel, "map": m["map"], "ap50": m["ap50"], "params_m": params, "gflops": gflops,
+           "sec_per_epoch": ""}
+    table = {**table, record_key(rec): rec}
+    write_table(table)
+    print(f"teacher {rel}: map {m['map']:.4f}", flush=True)
+    return table
+
+
+def preds_path(run: str | Path) -> Path:
+    """Where a run's final val detections are kept in the repo (xz json), for paired intervals in --table-only."""
+    return RESULTS.parent / "preds" / RESULTS.stem / f"{Path(run).name}.json.xz"
+
+
+def keep_predictions(run: str | Path, preds: list | Path) -> None:
+    import json
+    import lzma
+
+    data = json.loads(preds.read_text()) if isinstance(preds, Path) else preds
+    for d in data:  # 0.1 px and 4 significant digits of score: no change to COCO mAP at this set's size
+        d["bbox"], d["score"] = [round(float(v), 1) for v in d["bbox"]], round(float(d["score"]), 4)
+    path = preds_path(run)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with lzma.open(path, "wt", encoding="utf-8") as f:
+        json.dump(data, f, separators=(",", ":"))
+
+
 def score_cvkd(run: Path, args) -> dict:
     from cvkd.engine.report import read_rows
     from cvkd.models import load_detector
 
+    if (run / "val_predictions.json").is_file():  # runs of cvkd >= 2026-12-04 write their final detections
+        keep_predictions(run, run / "val_predictions.json")
     rows = read_rows(run / "results.csv")
     model = load_detector(run / "final.pt")
     params, gflops = model_stats(model, args.imgsz)
@@ -292,10 +339,72 @@ def write_table(table: dict, last: int = 0) -> None:
               f"{statistics.mean(maps):.4f} +- {sd:.4f} | "
               f"{statistics.mean(r['ap50'] for r in rs):.4f} | {statistics.mean(gap) if gap else float('nan'):.2f} | "
               f"{statistics.mean(last5) if len(last5) == len(rs) else float('nan'):.4f} | {rs[0]['params_m']:.2f} | "
-              f"{rs[0]['gflops']:.2f} | {statistics.mean(r['sec_per_epoch'] for r in rs):.0f} |")
+              f"{rs[0]['gflops']:.2f} | {seconds(rs)} |")
     if last:
         print_last_epochs(records, last)
+    print_gains(records)
     print(f"\nwritten {RESULTS}")
+
+
+def seconds(rs: list[dict]) -> str:
+    secs = [r["sec_per_epoch"] for r in rs if isinstance(r.get("sec_per_epoch"), float)]
+    return f"{statistics.mean(secs):.0f}" if secs else "n/a"
+
+
+def comparisons(records: list[dict]) -> list[tuple[tuple, tuple]]:
+    """(row group, reference group) pairs: each distilled row against its tool's baseline, and the KD rows on top of
+    weight selection (``*_ws``) against ``ws`` alone."""
+    groups = group_rows(records)
+    out = []
+    for key in groups:
+        epochs, imgsz, model, role, method, interp, pipe, teacher = key
+        if role != "distilled":
+            continue
+        if method.startswith("ultralytics"):
+            base = (epochs, imgsz, model, "student", "ultralytics_none", "linear", "ultralytics", "")
+        else:
+            base = (epochs, imgsz, model, "student", "none", interp, pipe, "")
+        out.append((key, base))
+        if method.endswith("_ws"):
+            out.append((key, (epochs, imgsz, model, "distilled", "ws", interp, pipe, teacher)))
+    return [(a, b) for a, b in out if b in groups]
+
+
+def print_gains(records: list[dict]) -> None:
+    """Paired gains over the seeds both rows have, with 95 % intervals (cvkd.eval.bootstrap: training seeds and
+    val-image resamples), from the kept predictions; rows without them are left out."""
+    import json
+    import lzma
+
+    from cvkd.data import load_coco, to_coco_dict
+    from cvkd.eval.bootstrap import image_matches, paired_gain
+    from cvkd.eval.coco_eval import remap_predictions
+
+    groups, rows, data = group_rows(records), [], None
+    for key, ref in comparisons(records):
+        seeds = {r["seed"]: r for r in groups[key]}
+        pairs = [(seeds[r["seed"]], r) for r in groups[ref] if r["seed"] in seeds]
+        files = [(preds_path(a["run"]), preds_path(b["run"])) for a, b in pairs]
+        files = [f for f in files if f[0].is_file() and f[1].is_file()]
+        if not files:
+            continue
+        if data is None:
+            data = load_coco(DATA / "val.json", SRC / DS["val_images"], DS["class_map"])
+            gt = to_coco_dict(data)
+
+        def matches(path: Path):
+            with lzma.open(path, "rt", encoding="utf-8") as f:
+                return image_matches(gt, remap_predictions(json.load(f), data, str(path)))
+
+        g = paired_gain([(matches(a), matches(b)) for a, b in files])
+        rows.append((key, ref, g))
+    if not rows:
+        return
+    print("\n| epochs | model | row | compared with | seeds | gain (mean paired) | 95 % interval | |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key, ref, g in rows:
+        print(f"| {key[0]} | {key[2]} | {key[4]} | {ref[4]} | {len(g.per_seed)} | {g.gain:+.4f} | "
+              f"[{g.lo:+.4f}, {g.hi:+.4f}] | {'significant' if g.significant else 'not significant'} |")
 
 
 def main() -> None:
@@ -333,6 +442,12 @@ def main() -> None:
                          "teacher_rerun_linear_s0 on CCTV, with --teacher teacher_rerun); the rows still name the "
                          "teacher run, whose row must be in the CSV (for another --epochs, the row of the run of that "
                          "name from any schedule)")
+    ap.add_argument("--teacher-epochs", type=int, default=0,
+                    help="with --teacher-weights: weights trained elsewhere (no run of this benchmark), after this "
+                         "many epochs; they get their own teacher row, scored by cvkd's evaluator (merged classes)")
+    ap.add_argument("--teacher-classes", default="",
+                    help="kd.teacher_classes of the KD rows, for a teacher of other classes than the student's, e.g. "
+                         "'{\"0\": person, \"1\": person}' (the two-class e88 teacher)")
     ap.add_argument("--table-only", action="store_true", help="recompute gap_closed and print the table from the CSV")
     ap.add_argument("--last", type=int, default=0,
                     help="with --table-only: also print each run's mean val mAP over its last N epochs (noise check)")
@@ -350,6 +465,7 @@ def main() -> None:
     interp_args = [f"data.train_interp={args.interp}"]
     pipe_args = [f"data.pipeline={args.pipeline}"]
     student_args = [] if args.student == DEFAULT_STUDENT else [f"model.name={args.student}"]
+    teacher_classes = [f"kd.teacher_classes={args.teacher_classes}"] if args.teacher_classes else []
     teacher_run = Path(args.out) / run_name(args.teacher, 0, args.interp)
     # KD rows from another teacher than the default one get its name in their run folder
     from_teacher = "" if args.teacher == "teacher" else f"_{args.teacher}"
@@ -361,10 +477,16 @@ def main() -> None:
         # trained for the 30-epoch table)
         named = sorted(r["run"] for r in table.values()
                        if r["role"] == "teacher" and Path(r["run"]).name == teacher_run.name)
-        if not named:
-            sys.exit(f"error: --teacher-weights: no row of {teacher_rel} in {RESULTS} to name as the teacher")
-        teacher_rel = teacher_rel if teacher_rel in named else named[0]
         teacher_pt = Path(args.teacher_weights)
+        if args.teacher_epochs:  # a teacher trained elsewhere (e.g. by ultralytics' trainer): its own row, once
+            teacher_rel = rel_run(str(teacher_pt.resolve()))
+            if not any(r["role"] == "teacher" and r["run"] == teacher_rel for r in table.values()):
+                table = add_teacher_row(table, teacher_pt, teacher_rel, args)
+        elif not named:
+            sys.exit(f"error: --teacher-weights: no row of {teacher_rel} in {RESULTS} to name as the teacher "
+                     "(give --teacher-epochs to score these weights as their own teacher row)")
+        else:
+            teacher_rel = teacher_rel if teacher_rel in named else named[0]
     # the baselines need no teacher: `--rows student ultralytics_none` runs beside a process training it
     needs_teacher = "teacher" in args.rows or (not args.teacher_weights and any(
         r in KD_ROWS or r == "ultralytics_kd" for r in args.rows))
@@ -397,7 +519,7 @@ def main() -> None:
                 run = run_cvkd(args, "distill.py", "cctv_distill.yaml",
                                run_name(row, seed, interp, args.student, pipeline) + from_teacher,
                                seed, [*interp_args, *pipe_args, *student_args, f"kd.teacher={teacher_pt}", *KD_RESET,
-                                      *KD_ROWS[row]])
+                                      *KD_ROWS[row], *teacher_classes])
                 rec = score_cvkd(run, args)
                 role, method, teacher = "distilled", row, teacher_rel
             else:
@@ -417,6 +539,8 @@ def main() -> None:
                                                              DS["class_map"]))
                 role, method = ("distilled" if row == "ultralytics_kd" else "student"), row
             rec.pop("model", None)
+            if "preds" in rec:
+                keep_predictions(run, rec.pop("preds"))
             add({"model": args.student, "role": role, "method": method, "seed": seed, "imgsz": args.imgsz,
                  "epochs": args.epochs, "interp": interp, "pipeline": pipeline, "teacher": teacher, "run": str(run),
                  **rec})

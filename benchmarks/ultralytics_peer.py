@@ -81,17 +81,19 @@ def run_ultralytics(args, name: str, seed: int, teacher_pt: Path | None, data_ya
 
 
 def score_ultralytics(run: Path, args, val) -> dict:
-    """mAP/AP50 of the run's last weights on ``val`` (a CocoData) through cvkd's evaluator, size and s/epoch."""
+    """mAP/AP50 of the run's last weights on ``val`` (a CocoData) through cvkd's evaluator, size and s/epoch, and the
+    scored detections (``preds``)."""
     from cvkd.eval import evaluate
     from cvkd.models import load_detector
 
     model = load_detector(run / "weights" / "last.pt")
     model.class_names = ["person"]  # single_cls: ultralytics keeps one class under the source's first name
-    metrics = evaluate(model.eval().predict, val, args.imgsz, 16, "cpu", quiet=True)
+    preds: list = []
+    metrics = evaluate(model.eval().predict, val, args.imgsz, 16, "cpu", quiet=True, predictions_out=preds)
     with (run / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     times = [float(r["time"]) for r in rows]  # seconds since the (last) start: a resumed run counts from 0 again
     per_epoch = [t - prev if t > prev else t for prev, t in zip([0.0, *times], times)]
     params, gflops = model_stats(model, args.imgsz)
     return {"map": metrics["map"], "ap50": metrics["ap50"], "params_m": params, "gflops": gflops,
-            "sec_per_epoch": statistics.mean(per_epoch)}
+            "sec_per_epoch": statistics.mean(per_epoch), "preds": preds}

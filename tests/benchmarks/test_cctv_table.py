@@ -140,3 +140,34 @@ def test_the_csv_reads_back_to_itself(bench):
     assert bench.RESULTS.read_text() == first
     gap = next(r for r in csv.DictReader(first.splitlines()) if r["role"] == "distilled")["gap_closed"]
     assert float(gap) == pytest.approx((0.6293 - 0.5641) / (0.6124 - 0.5641), abs=1e-4)
+
+
+def test_paired_gain_rows_from_kept_predictions(bench, monkeypatch, tmp_path, capsys):
+    import json
+
+    rows = [_row("student", "none", 30, s, 0.3, f"runs/a/s{s}") for s in range(3)]
+    rows += [_row("distilled", "ws", 30, s, 0.4, f"runs/a/ws{s}", "runs/t") for s in range(3)]
+    rows += [_row("distilled", "all_joint_ws", 30, s, 0.45, f"runs/a/kdws{s}", "runs/t") for s in range(2)]
+    keys = {bench.record_key(r): r for r in rows}
+    pairs = bench.comparisons(list(keys.values()))
+    named = {(a[4], b[4]) for a, b in pairs}
+    assert named == {("ws", "none"), ("all_joint_ws", "none"), ("all_joint_ws", "ws")}
+    # a ground truth of 20 one-box images; the baseline finds half of them, ws and all_joint_ws all of them
+    gt = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in range(1, 21)],
+          "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [8, 8, 32, 32], "area": 1024,
+                           "iscrowd": 0} for i in range(1, 21)],
+          "categories": [{"id": 1, "name": "person"}]}
+    (tmp_path / "val.json").write_text(json.dumps(gt))
+    monkeypatch.setattr(bench, "DATA", tmp_path)
+    monkeypatch.setattr(bench, "DS", {**bench.DS, "class_map": None})
+    box = {"category_id": 1, "bbox": [8, 8, 32, 32], "score": 0.9}
+    for r in rows:
+        found = range(1, 11) if r["method"] == "none" else range(1, 21)
+        bench.keep_predictions(r["run"], [{"image_id": i, **box} for i in found])
+    from cvkd.data import load_coco
+
+    monkeypatch.setattr("cvkd.data.load_coco", lambda js, images, cm: load_coco(js, None, cm, check_images=False))
+    bench.print_gains(list(keys.values()))
+    out = capsys.readouterr().out
+    assert "| 30 | yolov8n | ws | none | 3 |" in out and "| significant |" in out
+    assert "| 30 | yolov8n | all_joint_ws | ws | 2 | +0.0000 | [+0.0000, +0.0000] | not significant |" in out
