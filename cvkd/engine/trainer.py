@@ -26,6 +26,7 @@ from ..errors import ModelError, TrainingError  # noqa: F401 (TrainingError re-e
 from ..models import DetectorAdapter, build_detector, load_detector
 from ..models.class_map import map_teacher
 from ..models.class_transfer import start_from
+from ..models.pretrained import load_backbone
 from ..runs import Run, resolve_run_config, seed_everything
 from .config import RunConfig
 from .distill import Distiller, cpu_bf16_teacher, teacher_forward
@@ -65,7 +66,10 @@ def build_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter:
         student = type(model).from_spec(model.arch_spec(), class_names)
         start_from(student, model, cfg.model.name)
         return student
-    return build_detector(cfg.model.name, class_names, cfg.model.width, cfg.model.depth)
+    student = build_detector(cfg.model.name, class_names, cfg.model.width, cfg.model.depth)
+    if cfg.model.pretrained:  # timm only (config check)
+        log.info(load_backbone(student.model.backbone, cfg.model.name.split(":", 1)[1], cfg.model.pretrained))
+    return student
 
 
 def detector_meta(model: DetectorAdapter, cfg: RunConfig, **extra) -> dict:

@@ -5,7 +5,8 @@
 small top-down + bottom-up neck and runs YOLOv8's ``Detect`` head on them (DFL with reg_max 16). Outputs, anchors
 (cell centres, row-major per level) and the loss (TAL assigner, BCE + CIoU + DFL) are exactly those of
 :class:`~cvkd.models.yolo.YoloAdapter`, which this adapter subclasses: a YOLO teacher distils into it anchor for
-anchor (logit, LD and feature KD). Weights are random (``pretrained=False``): nothing is downloaded.
+anchor (logit, LD and feature KD). Weights are random; ``model.pretrained=`` loads ImageNet backbone weights
+(:mod:`cvkd.models.pretrained`, offline unless asked).
 """
 from __future__ import annotations
 
