@@ -73,7 +73,7 @@ def setup_logging(run_dir: Path) -> None:
         h.close()
     fh = logging.FileHandler(run_dir / "train.log")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    sh = logging.StreamHandler()
+    sh = _CurrentStderr()  # not the stderr of the moment: a run called in-process (tests, notebooks) outlives it
     sh.setFormatter(logging.Formatter("%(message)s"))
     for h in (fh, sh):
         h._cvkd = True  # type: ignore[attr-defined]

@@ -116,5 +116,5 @@ def transfer_weights(dst: DetectorAdapter, src: DetectorAdapter, source: str, se
 def start_from(dst: DetectorAdapter, src: DetectorAdapter, source: str, select: bool = False) -> None:
     """``transfer_weights`` with its log line; a plain copy when the classes and shapes agree."""
     report = transfer_weights(dst, src, source, select)
-    log.info(("weight selection from " if select else "pretrained weights from ") +
-             report.line(source, len(source_rows([], src)[0])))
+    log.info(("student initialised by weight selection from " if select else "student initialised from pretrained "
+              "weights of ") + report.line(source, len(source_rows([], src)[0])))

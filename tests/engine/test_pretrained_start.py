@@ -16,7 +16,7 @@ def test_trainer_starts_from_a_checkpoint_of_other_classes(tiny_run, tmp_path, c
                                                             "class_names": src.class_names, "imgsz": 64})
     train(resolve_config(None, [*tiny_run, f"model.name={ck}", "train.epochs=1", "train.lr=0"]))
     err = capfd.readouterr().err
-    assert "pretrained weights from" in err and "rows of ['person'] kept by name" in err
+    assert "student initialised from pretrained weights of" in err and "rows of ['person'] kept by name" in err
     run = tmp_path / "runs" / "exp"
     assert (run / "final.pt").is_file()
     preds = json.loads((run / "val_predictions.json").read_text())  # the final weights' val detections
