@@ -197,7 +197,12 @@ def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Ca
         log.warning(f"kd.teacher={cfg.kd.teacher} is set but every KD weight is 0: plain training")
     if cfg.model.init_from and run.resumed is None:  # a resumed run loads its own weights
         src = cfg.kd.teacher if cfg.model.init_from == "teacher" else cfg.model.init_from
-        larger = teacher if teacher is not None and src == cfg.kd.teacher else load_detector(src, device)
+        if teacher is not None and src == cfg.kd.teacher:
+            larger = teacher
+        elif src == cfg.kd.teacher:  # weight selection alone, no teacher pass: the same class map as for KD
+            larger = map_teacher(load_detector(src, device), class_names, cfg.kd.teacher_classes)
+        else:
+            larger = load_detector(src, device)
         start_from(student, larger, src, select=True)  # class rows by name (or through kd.teacher_classes)
     log.info(f"student {cfg.model.name} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f} M params), "
              f"classes {class_names}")

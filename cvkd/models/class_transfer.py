@@ -31,7 +31,7 @@ class TransferReport:
     kept_classes: list[str]  # destination classes whose rows came from the source
 
     def line(self, source: str, n_src_classes: int) -> str:
-        kept = f"rows of {self.kept_classes} kept by name" if self.kept_classes else "no class in common: re-initialised"
+        kept = f"rows of {self.kept_classes} kept" if self.kept_classes else "no class in common: re-initialised"
         return (f"{source} ({n_src_classes} classes): {self.copied} tensors transferred, {self.reinit} re-initialised; "
                 f"{self.class_tensors} class-output tensors: {kept}")
 
