@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     req = ExportRequest(imgsz=args.imgsz, out_dir=Path(args.out), stem=args.name or Path(args.weights).stem,
                         variants=tuple(args.variants), opset=args.opset, nms=args.nms, slim=not args.no_slim,
                         int8=args.int8, calib=Path(args.calib) if args.calib else None, calib_frames=args.calib_frames,
-                        calib_method=args.calib_method, openvino=args.openvino)
+                        calib_method=args.calib_method, int8_scheme=args.int8_scheme, openvino=args.openvino)
     req.check()  # opset, variants, calibration folder: before the (slow) checkpoint load
     if args.eval and not args.images and not is_data_yaml(args.eval):
         raise ExportError("--eval needs --images (the image folder of the json)")
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> dict[str, Path]:
     if req.int8_report:
         r = req.int8_report
         ops = ", ".join(f"{op} x{n}" for op, n in sorted(r["excluded_ops"].items()))
-        print(f"int8: calibrated on {r['frames']} frames ({req.calib_method}); {len(r['excluded'])} tail nodes kept "
+        print(f"int8 ({req.int8_scheme}): calibrated on {r['frames']} frames ({req.calib_method}); {len(r['excluded'])} tail nodes kept "
               f"float: {ops}")
         print("int8: float nodes: " + " ".join(r["excluded"]))
     if data is not None:
@@ -91,6 +91,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--calib-frames", type=int, default=100, help="--int8: images used, evenly spaced (default 100)")
     ap.add_argument("--calib-method", choices=list(CALIB_METHODS), default="minmax",
                     help="--int8: activation range calibration (default minmax)")
+    ap.add_argument("--int8-scheme", choices=["per_channel", "npu"], default="per_channel",
+                    help="--int8: per_channel (per-channel int8 weights, uint8 activations: what ONNX Runtime runs "
+                         "best; default) or npu (per-tensor symmetric int8 weights and activations for every layer, "
+                         "the head included, as strict camera NPUs require); the decode tail stays float")
     ap.add_argument("--openvino", action="store_true", help="also convert every ONNX file to OpenVINO IR (.xml/.bin)")
     ap.add_argument("--eval", metavar="JSON", help="COCO json (or a YOLO data.yaml: its val split) to score PyTorch "
                     "FP32 and each full / e2e ONNX file on")

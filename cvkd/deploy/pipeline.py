@@ -13,7 +13,7 @@ from ..models import DetectorAdapter, ModelError, load_detector
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, VARIANTS, check_imgsz, check_opset, export_onnx
 from .ort_detector import OrtDetector
-from .quantize import CALIB_METHODS, INT8_MIN_OPSET, list_images, quantize_int8
+from .quantize import CALIB_METHODS, INT8_MIN_OPSET, SCHEMES, list_images, quantize_int8
 
 
 @dataclass
@@ -31,6 +31,7 @@ class ExportRequest:
     calib: Path | None = None
     calib_frames: int = 100
     calib_method: str = "minmax"
+    int8_scheme: str = "per_channel"
     openvino: bool = False
     written: dict[str, Path] = field(default_factory=dict)  # "full_fp32" -> path, filled by :func:`export_set`
     int8_report: dict[str, Any] = field(default_factory=dict)
@@ -50,6 +51,8 @@ class ExportRequest:
                 raise ExportError(f"INT8 (per-channel QDQ) needs opset >= {INT8_MIN_OPSET}, got {self.opset}")
             if self.calib is None:
                 raise ExportError("INT8 needs a calibration folder of the camera's images (--calib DIR)")
+            if self.int8_scheme not in SCHEMES:
+                raise ExportError(f"unknown INT8 scheme '{self.int8_scheme}': expected {', '.join(SCHEMES)}")
             if self.calib_method not in CALIB_METHODS:
                 raise ExportError(f"unknown calibration method '{self.calib_method}': "
                                   f"expected {', '.join(CALIB_METHODS)}")
@@ -82,8 +85,9 @@ def export_set(adapter: DetectorAdapter, req: ExportRequest) -> dict[str, Path]:
                                                      nms=req.nms and variant == "full", slim=req.slim)
     for variant in ("full", "e2e") if req.int8 else ():
         if variant in req.variants:
-            report = quantize_int8(req.written[f"{variant}_fp32"], req.path(variant, "int8"), req.calib,
-                                   req.calib_frames, req.calib_method)
+            precision = "int8" if req.int8_scheme == "per_channel" else f"int8_{req.int8_scheme}"
+            report = quantize_int8(req.written[f"{variant}_fp32"], req.path(variant, precision), req.calib,
+                                   req.calib_frames, req.calib_method, req.int8_scheme)
             req.written[f"{variant}_int8"] = report["path"]
             req.int8_report = req.int8_report or report  # the full variant's, else the e2e one's
     if req.openvino:

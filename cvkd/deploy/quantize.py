@@ -1,7 +1,8 @@
-"""ONNX FP32 -> INT8 by ONNX Runtime static quantization (QDQ, per-channel weights), calibrated on camera frames.
+"""ONNX FP32 -> INT8 by ONNX Runtime static quantization (QDQ), calibrated on camera frames.
 
-Recipe: ``quant_pre_process`` (shape inference + graph optimisation), then ``quantize_static`` with QDQ format,
-per-channel int8 weights, uint8 activations, MinMax / Entropy / Percentile calibration on N frames of the camera's own
+Recipe: ``quant_pre_process`` (shape inference + graph optimisation), then ``quantize_static`` with QDQ format under a
+scheme (:data:`SCHEMES`: ``per_channel``, per-channel int8 weights and uint8 activations, the default; ``npu``,
+per-tensor symmetric int8 everywhere), MinMax / Entropy / Percentile calibration on N frames of the camera's own
 images letterboxed exactly as for evaluation. The decode tail (everything after the head's last convolutions: DFL
 softmax/expectation, anchors, concat, sigmoid, NMS) stays float: whole-graph INT8 of a YOLO head puts boxes in pixels
 and 0-1 scores on one scale and collapses to ~0 mAP.
@@ -35,6 +36,13 @@ INT8_MIN_OPSET = 13  # per-channel DequantizeLinear (``axis``) needs opset 13
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 CALIB_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}
+# INT8 schemes: what ONNX Runtime runs best (per-channel weights, asymmetric uint8 activations), and what strict camera
+# NPUs accept (Axis ARTPEC TFLite, many SoC NPUs: per-tensor symmetric int8 weights and activations for every layer,
+# the head's convolutions included). The decode tail stays float in both.
+SCHEMES = {"per_channel": {"per_channel": True, "activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8,
+                           "extra_options": {"ActivationSymmetric": False, "WeightSymmetric": True}},
+           "npu": {"per_channel": False, "activation_type": QuantType.QInt8, "weight_type": QuantType.QInt8,
+                   "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True}}}
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -102,11 +110,14 @@ def tail_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
 
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_dir: str | Path, frames: int = 100,
-                  method: str = "minmax", per_channel: bool = True, keep_tail_float: bool = True) -> dict[str, Any]:
-    """Quantize an ONNX file written by :func:`export_onnx`; returns ``path``, ``excluded`` (node names left float),
-    ``excluded_ops`` ({op type: count}) and ``frames`` (calibration images used)."""
+                  method: str = "minmax", scheme: str = "per_channel", keep_tail_float: bool = True) -> dict[str, Any]:
+    """Quantize an ONNX file written by :func:`export_onnx` under ``scheme`` (:data:`SCHEMES`); returns ``path``,
+    ``excluded`` (node names left float), ``excluded_ops`` ({op type: count}) and ``frames`` (calibration images)."""
     if method not in CALIB_METHODS:
         raise ExportError(f"unknown calibration method '{method}': expected one of {', '.join(CALIB_METHODS)}")
+    if scheme not in SCHEMES:
+        raise ExportError(f"unknown INT8 scheme '{scheme}': expected one of {', '.join(SCHEMES)}")
+    per_channel = SCHEMES[scheme]["per_channel"]
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     meta = read_metadata(fp32_path)
     if "imgsz" not in meta:
@@ -123,13 +134,12 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calib_dir: str | 
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         tail = tail_nodes(onnx.load(str(pre))) if keep_tail_float else []
         with _quiet():
-            quantize_static(str(pre), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            quantize_static(str(pre), str(out_path), reader, quant_format=QuantFormat.QDQ,
                             calibrate_method=CALIB_METHODS[method], nodes_to_exclude=[n.name for n in tail],
-                            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                            **SCHEMES[scheme])
     model = onnx.load(str(out_path))
-    set_metadata(model, {**meta, "precision": "int8", "calib_method": method, "calib_frames": len(reader.paths),
-                         "float_tail_nodes": len(tail)})
+    set_metadata(model, {**meta, "precision": "int8", "int8_scheme": scheme, "calib_method": method,
+                         "calib_frames": len(reader.paths), "float_tail_nodes": len(tail)})
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
     ops: dict[str, int] = {}

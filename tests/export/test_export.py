@@ -203,3 +203,27 @@ def test_latency_benchmark_smoke(ckpt, calib_dir, val_set, tmp_path):
         assert float(r["latency_ms_median"]) > 0 and float(r["latency_ms_p90"]) >= float(r["latency_ms_median"])
         assert float(r["size_mb"]) > 0 and r["map"] != "" and r["imgsz"] == str(IMGSZ)
     assert rows[0]["map"] == rows[1]["map"]  # same weights: same mAP through the same evaluator
+
+
+def test_npu_scheme_is_per_tensor_symmetric_int8_everywhere_but_the_tail(detector, tmp_path, calib_dir):
+    from onnx import numpy_helper
+
+    from cvkd.deploy import ExportError
+
+    fp32 = export_onnx(detector, tmp_path / "m.onnx", IMGSZ, "full", opset=13)
+    report = quantize_int8(fp32, tmp_path / "npu.onnx", calib_dir, frames=2, scheme="npu")
+    model = onnx.load(str(report["path"]))
+    assert read_metadata(model)["int8_scheme"] == "npu"
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq and all(inits[n.input[1]].size == 1 for n in dq)  # one scale per tensor, weights included
+    zero_points = [inits[n.input[2]] for n in dq if len(n.input) > 2]
+    # symmetric int8 weights and activations (zero point 0), int32 biases; no uint8 anywhere
+    assert {z.dtype for z in zero_points} == {np.dtype(np.int8), np.dtype(np.int32)} and all(z == 0 for z in zero_points)
+    produced = {o: n for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert all(produced[n.input[1]].op_type == "DequantizeLinear" for n in convs)  # every conv's weights, head's too
+    got = ort_session(report["path"]).run(None, {"images": _image().numpy()})[0]
+    assert np.isfinite(got).all()
+    with pytest.raises(ExportError, match="unknown INT8 scheme"):
+        quantize_int8(fp32, tmp_path / "x.onnx", calib_dir, frames=1, scheme="fp4")
