@@ -1,0 +1,182 @@
+"""Quantization-aware training (QAT): fake-quantized convolutions that export to ONNX QDQ and run as INT8 in ONNX
+Runtime.
+
+Why not ``torch.ao.quantization`` (FX / PT2E) or torchao: the ``torch.ao`` workflows are deprecated in favour of
+torchao, and torchao's QAT targets its own kernels and ExecuTorch rather than ONNX QDQ. The building block both use
+is stable ATen: ``torch.fake_quantize_per_tensor_affine`` / ``_per_channel_affine`` (straight-through gradients),
+which ``torch.onnx.export`` writes as ``QuantizeLinear`` / ``DequantizeLinear`` pairs. So each convolution is wrapped
+in :class:`FakeQuantConv`, placed exactly where ONNX Runtime's own static quantization puts QDQ (the conv's input,
+weights and output), so that ORT fuses ``DQ -> Conv -> Q`` into an INT8 ``QLinearConv``.
+
+Recipe (Jacob et al. 2018; Krishnamoorthi 2018): start from a trained FP32 model, fold BatchNorm into the convolution
+weights first (the deployed weights are the folded ones), calibrate the activation ranges on a few batches (moving
+min/max), fine-tune with the ranges still moving, freeze them for the last epochs. Weight scales follow the weights
+(abs-max, per output channel or per tensor). Schemes as in :data:`cvkd.deploy.quantize.SCHEMES`: ``per_channel``
+(per-channel int8 weights, asymmetric uint8 activations) and ``npu`` (per-tensor symmetric int8 everywhere).
+The decode tail (DFL's fixed convolution and everything after the head's last convolutions) stays float.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+QAT_SCHEMES = ("per_channel", "npu")
+
+
+class RangeObserver(nn.Module):
+    """Moving-average min/max of a tensor (momentum 0.1 after the first batch), frozen on request; its int8 scale."""
+
+    def __init__(self, symmetric: bool):
+        super().__init__()
+        self.symmetric = symmetric
+        self.register_buffer("lo", torch.tensor(0.0))
+        self.register_buffer("hi", torch.tensor(0.0))
+        self.register_buffer("seen", torch.tensor(False))
+        self.frozen = False
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        if self.frozen:
+            return
+        lo, hi = x.detach().min().float(), x.detach().max().float()
+        if not bool(self.seen):
+            self.lo.copy_(lo), self.hi.copy_(hi), self.seen.fill_(True)
+        else:
+            self.lo.lerp_(lo, 0.1), self.hi.lerp_(hi, 0.1)
+
+    def qparams(self, min_scale: float = 1e-8) -> tuple[float, int, int, int]:
+        """(scale, zero point, quant min, quant max): symmetric int8, or asymmetric uint8 covering [lo, hi] and 0."""
+        lo, hi = min(float(self.lo), 0.0), max(float(self.hi), 0.0)
+        if self.symmetric:
+            return max(max(-lo, hi) / 127.0, min_scale), 0, -128, 127
+        scale = max((hi - lo) / 255.0, min_scale)
+        return scale, int(min(max(round(-lo / scale), 0), 255)), 0, 255
+
+    def forward(self, x: Tensor, min_scale: float = 1e-8) -> Tensor:
+        if self.training:
+            self.update(x)
+        if not bool(self.seen):  # never calibrated: nothing to quantize with yet
+            return x
+        scale, zero, qmin, qmax = self.qparams(min_scale)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
+
+
+class FakeQuantConv(nn.Module):
+    """``conv`` (BatchNorm already folded in) with fake-quantized input, weights and output."""
+
+    def __init__(self, conv: nn.Conv2d, scheme: str):
+        super().__init__()
+        if scheme not in QAT_SCHEMES:
+            raise ValueError(f"unknown QAT scheme {scheme!r}: expected one of {QAT_SCHEMES}")
+        self.conv, self.scheme = conv, scheme
+        symmetric = scheme == "npu"
+        self.act_in, self.act_out = RangeObserver(symmetric), RangeObserver(symmetric)
+
+    def quantized_weight(self) -> Tensor:
+        w = self.conv.weight  # (C_out, C_in / groups, k, k)
+        if self.scheme == "per_channel":
+            scale = (w.detach().abs().amax((1, 2, 3)) / 127.0).clamp_min(1e-8).float()  # (C_out,)
+            zero = torch.zeros_like(scale, dtype=torch.int32)
+            return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
+        scale = max(float(w.detach().abs().max()) / 127.0, 1e-8)
+        return torch.fake_quantize_per_tensor_affine(w, scale, 0, -128, 127)
+
+    def weight_scale(self) -> Tensor:
+        w = self.conv.weight.detach()
+        s = w.abs().amax((1, 2, 3)) if self.scheme == "per_channel" else w.abs().max().expand(w.shape[0])
+        return (s / 127.0).clamp_min(1e-8)  # (C_out,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c, b = self.conv, self.conv.bias
+        # the int32 bias (scale s_x * s_w) must not overflow: a near-constant input gets a coarser s_x
+        floor = float((b.detach().abs() / self.weight_scale()).max()) / 2 ** 30 if b is not None else 0.0
+        x = self.act_in(x, max(floor, 1e-8))
+        w = self.quantized_weight()
+        # training sees the int32 bias it is deployed with; eval keeps it float, so that the exported bias stays a
+        # constant that quantize_biases() rounds the same way
+        if self.training and b is not None and bool(self.act_in.seen):
+            s = self.act_in.qparams(max(floor, 1e-8))[0] * self.weight_scale()  # (C_out,)
+            b = b + (torch.round(b / s) * s - b).detach()  # straight-through rounding
+        return self.act_out(F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups))
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every ultralytics ``Conv``'s BatchNorm into its convolution (what export does), in place; the count."""
+    from ultralytics.nn.modules import Conv
+    from ultralytics.utils.torch_utils import fuse_conv_and_bn
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Conv) and hasattr(m, "bn"):
+            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
+            n += 1
+    return n
+
+
+def prepare_qat(model: nn.Module, scheme: str) -> int:
+    """Fold BatchNorm, then wrap every convolution except DFL's fixed one in :class:`FakeQuantConv`; the count."""
+    fold_batchnorm(model)
+    n = 0
+    for name, parent in list(model.named_modules()):
+        if name.endswith("dfl") or isinstance(parent, FakeQuantConv):
+            continue
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d) and not isinstance(parent, FakeQuantConv):
+                setattr(parent, child_name, FakeQuantConv(child, scheme))
+                n += 1
+    return n
+
+
+def freeze_ranges(model: nn.Module, frozen: bool = True) -> None:
+    """Stop (or restart) the activation ranges from moving: the last epochs of QAT train against fixed scales."""
+    for m in model.modules():
+        if isinstance(m, RangeObserver):
+            m.frozen = frozen
+
+
+def quantize_biases(model: "onnx.ModelProto") -> int:  # noqa: F821
+    """Give every Conv whose input and weights are dequantized an int32 bias, ``round(b / (s_x * s_w))`` dequantized
+    with scale ``s_x * s_w`` (what ONNX Runtime's own quantizer writes): ORT fuses ``DQ -> Conv -> Q`` into
+    ``QLinearConv`` only then (a float bias is dropped by that fusion). Returns the number of biases rewritten."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    values = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    producer = {o: n for n in g.node for o in n.output}
+    inits = {i.name: i for i in g.initializer}
+    new_nodes, count = [], 0
+    for n in g.node:
+        if n.op_type != "Conv" or len(n.input) != 3:
+            continue
+        dq_x, dq_w = producer.get(n.input[0]), producer.get(n.input[1])
+        if (True and n.input[2] in inits and dq_x is not None and dq_w is not None
+                and dq_x.op_type == dq_w.op_type == "DequantizeLinear"):
+            s_x, s_w = values[dq_x.input[1]], values[dq_w.input[1]]
+            scale = (np.float32(s_x) * s_w.astype(np.float32)).reshape(-1)  # (C_out,) or (1,)
+            b = values[n.input[2]].astype(np.float64)
+            q = np.round(b / scale.astype(np.float64))
+            if np.abs(q).max() > 2 ** 31 - 1:  # a near-constant input (tiny s_x): keep this bias float, unfused
+                continue
+            q = q.astype(np.int32)
+            name = f"{n.input[2]}_{count}"  # one bias may feed several convs (a module called twice)
+            g.initializer.extend([numpy_helper.from_array(q, f"{name}_int32"),
+                                  numpy_helper.from_array(scale.astype(np.float32), f"{name}_scale"),
+                                  numpy_helper.from_array(np.zeros_like(q) if scale.size > 1 else np.int32(0),
+                                                          f"{name}_zero")])
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{name}_int32", f"{name}_scale", f"{name}_zero"],
+                                              [f"{name}_dq"], name=f"{name}_DequantizeLinear",
+                                              **({"axis": 0} if scale.size > 1 else {})))
+            n.input[2] = f"{name}_dq"
+            count += 1
+    # the new DequantizeLinear nodes read initializers only: first in the (topologically sorted) graph
+    nodes = new_nodes + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return count

@@ -1,0 +1,79 @@
+"""QAT building blocks: fake-quant convolutions where the scheme says, BatchNorm folded, straight-through gradients,
+and an ONNX QDQ export that ONNX Runtime runs with INT8 kernels and that matches the fake-quant PyTorch model."""
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from cvkd.deploy import export_onnx
+from cvkd.deploy.qat import FakeQuantConv, freeze_ranges, prepare_qat, quantize_biases
+from cvkd.models import build_detector
+
+IMG = 64
+
+
+def calibrated(scheme: str, lively: bool = False):
+    """A calibrated fake-quant YOLOv8n; ``lively``: weights drawn wider than the init, whose deep activations are
+    nearly constant (quantized to one level, leaving the head convs without a gradient)."""
+    torch.manual_seed(0)
+    m = build_detector("yolov8n.yaml", ["person"])
+    if lively:
+        with torch.no_grad():
+            for name, p in m.model.named_parameters():
+                if p.dim() == 4 and ".dfl." not in name:
+                    p.normal_(0, (2 / p[0].numel()) ** 0.5)  # He init
+    n = prepare_qat(m.model, scheme)
+    m.train()
+    with torch.no_grad():
+        for _ in range(3):
+            m(torch.rand(2, 3, IMG, IMG))
+    freeze_ranges(m.model)
+    return m.eval(), n
+
+
+def test_every_conv_but_dfl_is_fake_quantized_and_bn_folded():
+    m, n = calibrated("per_channel")
+    wrapped = {name for name, mod in m.model.named_modules() if isinstance(mod, FakeQuantConv)}
+    bare = [name for name, mod in m.model.named_modules()
+            if isinstance(mod, torch.nn.Conv2d) and name.rsplit(".", 1)[0] not in wrapped]
+    assert n == len(wrapped) == 63 and bare == ["model.22.dfl.conv"]  # DFL's fixed expectation stays float
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.model.modules())
+
+
+def test_straight_through_gradients_reach_every_student_weight():
+    m, _ = calibrated("npu", lively=True)
+    m.train()
+    freeze_ranges(m.model, False)
+    out = m(torch.rand(2, 3, IMG, IMG))
+    (out.cls_logits.sigmoid().sum() + out.boxes.sum() * 1e-3).backward()
+    missing = [k for k, p in m.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
+    assert not [k for k in missing if ".dfl." not in k]
+
+
+@pytest.mark.parametrize("scheme", ["per_channel", "npu"])
+def test_qdq_export_runs_in_ort_and_matches_the_fake_quant_model(scheme, tmp_path):
+    m, n = calibrated(scheme)
+    x = torch.rand(1, 3, IMG, IMG)
+    with torch.no_grad():
+        ref = m(x)
+    path = export_onnx(m, tmp_path / "q.onnx", IMG, "full", opset=13)
+    model = onnx.load(str(path))
+    assert quantize_biases(model) == n  # every conv: an int32 bias, as ORT's own quantizer writes
+    onnx.save(model, str(path))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(out[..., :4], ref.boxes.numpy(), atol=1e-3 * IMG)
+    np.testing.assert_allclose(out[..., 4:], ref.cls_logits.sigmoid().numpy(), atol=1e-5)
+    ops = collections.Counter(nd.op_type for nd in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    if scheme == "per_channel":  # ORT fuses DQ -> Conv -> Q into its INT8 kernel for every convolution
+        assert ops["QLinearConv"] == n and ops["Conv"] == 0  # (the export writes DFL as softmax + expectation)
+    else:  # per-tensor symmetric: scales are single numbers (ORT's CPU runs most of these convs dequantized)
+        inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+        produced = {o: nd for nd in model.graph.node for o in nd.output}
+        w_dq = [produced[nd.input[1]] for nd in model.graph.node if nd.op_type == "Conv" and nd.input[1] in produced]
+        assert len(w_dq) == n and all(inits[d.input[1]].size == 1 for d in w_dq if d.input[1] in inits)
