@@ -76,10 +76,38 @@ def load_for_export(path: str | Path) -> DetectorAdapter:
         raise ModelError(f"{path}: malformed detector checkpoint ({type(e).__name__}: {first})") from None
 
 
+def export_qat(adapter: DetectorAdapter, req: ExportRequest, scheme: str) -> dict[str, Path]:
+    """A quantization-aware-trained model: each variant as ONNX QDQ (its fake-quant modules become QuantizeLinear /
+    DequantizeLinear, biases int32: ORT's INT8 kernels), ``{stem}_{imgsz}_{variant}_int8_qat[_npu].onnx``."""
+    import onnx
+
+    from .onnx_export import read_metadata, set_metadata
+    from .qat import quantize_biases
+
+    if req.int8:
+        raise ExportError(f"this model was trained with QAT ({scheme}): it exports as INT8 itself; drop --int8")
+    precision = "int8_qat" + ("" if scheme == "per_channel" else f"_{scheme}")
+    for variant in req.variants:
+        path = export_onnx(adapter, req.path(variant, precision), req.imgsz, variant, req.opset,
+                           nms=req.nms and variant == "full", slim=req.slim)
+        model = onnx.load(str(path))
+        n = quantize_biases(model)
+        set_metadata(model, {**read_metadata(model), "precision": "int8", "int8_scheme": scheme, "qat": True,
+                             "int32_biases": n})
+        onnx.save(model, str(path))
+        req.written[f"{variant}_int8"] = path
+    return req.written
+
+
 def export_set(adapter: DetectorAdapter, req: ExportRequest) -> dict[str, Path]:
     """Write the requested files: {"full_fp32": path, "raw_fp32": ..., "full_int8": ..., "full_int8_ir": ...}."""
+    from .qat import is_qat
+
     req.check()
     check_imgsz(req.imgsz, adapter.strides)
+    scheme = is_qat(adapter)
+    if scheme:
+        return export_qat(adapter, req, scheme)
     for variant in req.variants:
         req.written[f"{variant}_fp32"] = export_onnx(adapter, req.path(variant, "fp32"), req.imgsz, variant, req.opset,
                                                      nms=req.nms and variant == "full", slim=req.slim)

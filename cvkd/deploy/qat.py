@@ -109,7 +109,7 @@ def fold_batchnorm(model: nn.Module) -> int:
     n = 0
     for m in model.modules():
         if isinstance(m, Conv) and hasattr(m, "bn"):
-            m.conv = fuse_conv_and_bn(m.conv, m.bn)
+            m.conv = fuse_conv_and_bn(m.conv, m.bn).requires_grad_(True)  # ultralytics freezes what it fuses
             delattr(m, "bn")
             m.forward = m.forward_fuse
             n += 1
@@ -180,3 +180,21 @@ def quantize_biases(model: "onnx.ModelProto") -> int:  # noqa: F821
     del g.node[:]
     g.node.extend(nodes)
     return count
+
+
+def is_qat(model: nn.Module) -> str:
+    """The QAT scheme of a model holding fake-quant convolutions, or ''."""
+    return next((m.scheme for m in model.modules() if isinstance(m, FakeQuantConv)), "")
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches) -> int:
+    """Set the activation ranges from a few batches of images (train mode: observers move; no weights change)."""
+    was = model.training
+    model.train()
+    n = 0
+    for img in batches:
+        model(img)
+        n += 1
+    model.train(was)
+    return n

@@ -61,6 +61,12 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     epochs: int = setting(30, "training epochs")
+    qat: Literal["", "per_channel", "npu"] = setting("", "quantization-aware training of the student, started from a "
+                                                 "trained FP32 checkpoint (model.name=...): BatchNorm folded, "
+                                                 "fake-quantized convolutions (cvkd.deploy.qat); per_channel (what "
+                                                 "ONNX Runtime runs) or npu (per-tensor symmetric); KD terms apply")
+    qat_calib: int = setting(8, "QAT: training batches that set the activation ranges before the first step")
+    qat_freeze: int = setting(1, "QAT: the last N epochs train with the activation ranges frozen")
     batch: int = setting(16, "images per step")
     nbs: int = setting(64, "nominal batch size: gradients are accumulated to it, weight decay scaled by batch/nbs")
     optimizer: Literal["auto", "sgd", "adamw"] = setting("auto", "auto = AdamW with lr 0.002*5/(4+classes) (ultralytics' rule for short runs)")
@@ -162,6 +168,9 @@ class RunConfig:
                               "keep one")
         if self.model.pretrained and not self.model.name.startswith("timm:"):
             raise ConfigError(f"model.pretrained loads timm backbones (model.name=timm:...), not {self.model.name}")
+        if self.train.qat and (Path(self.model.name).suffix not in (".pt", ".pth", ".xz") or self.model.init_from):
+            raise ConfigError("train.qat fine-tunes a trained FP32 student: set model.name=path/to/student/final.pt "
+                              "(and no model.init_from)")
         if self.model.init_from == "teacher" and not self.kd.teacher:
             raise ConfigError("model.init_from=teacher needs kd.teacher=path/to/teacher.pt (or give a checkpoint path)")
         if self.model.init_from and Path(self.model.name).suffix in (".pt", ".pth", ".xz"):

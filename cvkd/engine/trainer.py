@@ -72,9 +72,21 @@ def build_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter:
     return student
 
 
+def build_qat_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter:
+    """The student, with fake-quantized convolutions under ``train.qat`` (after its FP32 weights are loaded)."""
+    student = build_student(cfg, class_names)
+    if cfg.train.qat:
+        from ..deploy.qat import prepare_qat
+
+        n = prepare_qat(student.model, cfg.train.qat)
+        log.info(f"QAT ({cfg.train.qat}): BatchNorm folded, {n} convolutions fake-quantized")
+    return student
+
+
 def detector_meta(model: DetectorAdapter, cfg: RunConfig, **extra) -> dict:
+    qat = {"qat": cfg.train.qat} if cfg.train.qat else {}  # the loader rebuilds the fake-quant modules
     return {"family": model.family, "arch": model.arch_spec(), "class_names": model.class_names,
-            "imgsz": cfg.data.imgsz, "cvkd_version": __version__, "config": to_dict(cfg), **extra}
+            "imgsz": cfg.data.imgsz, "cvkd_version": __version__, "config": to_dict(cfg), **qat, **extra}
 
 
 class Objective(nn.Module):
@@ -187,7 +199,9 @@ def load_teacher(cfg: RunConfig, device: torch.device, class_names: list[str]) -
 
 def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Callbacks) -> Models:
     device = run.device
-    student = build_student(cfg, class_names).to(device)
+    if cfg.train.qat and run.d.enabled:
+        raise ConfigError("train.qat under torchrun is not supported yet: run QAT in one process")
+    student = build_qat_student(cfg, class_names).to(device)
     teacher, distiller, bf16 = None, None, False
     if cfg.kd.teacher and cfg.kd.any_term:  # else no teacher pass
         teacher, bf16 = load_teacher(cfg, device, class_names)
@@ -231,6 +245,12 @@ def build_optimization(cfg: RunConfig, run: Run, data: Data, models: Models) -> 
     accumulate = max(round(cfg.train.nbs / cfg.train.batch), 1)
     optimizer, base_lr, momentum = build_optimizer([models.objective], cfg.train, len(data.class_names), accumulate)
     use_amp = cfg.train.amp and run.device.type == "cuda"
+    if cfg.train.qat and run.resumed is None:  # activation ranges first: the EMA copy starts from them
+        from ..deploy.qat import calibrate
+
+        loader = train_loader(cfg, run, data, 0)
+        batches = (b["img"].to(run.device) for b, _ in zip(loader, range(cfg.train.qat_calib)))
+        log.info(f"QAT: activation ranges set on {calibrate(models.student, batches)} batches")
     ema = ModelEMA(models.student, cfg.train.ema_decay) if cfg.train.ema else None
     warmup = max(round(cfg.train.warmup_epochs * steps), cfg.train.warmup_min_steps) if cfg.train.warmup_epochs > 0 else 0
     return Optimization(optimizer, base_lr, momentum, torch.amp.GradScaler("cuda", enabled=use_amp), ema, steps,
@@ -318,6 +338,10 @@ def train_epoch(cfg: RunConfig, run: Run, data: Data, models: Models, optim: Opt
     kd_factor = models.distiller.weight_factor(epoch, cfg.train.epochs) if models.distiller is not None else 0.0
     models.objective.train()
     models.student.start_epoch(epoch, cfg.train.epochs)  # epoch-scheduled losses (YOLO26's one-to-many weight)
+    if cfg.train.qat and epoch >= cfg.train.epochs - cfg.train.qat_freeze:
+        from ..deploy.qat import freeze_ranges
+
+        freeze_ranges(models.student.model)  # the last epochs train against the scales they will be deployed with
     sums: dict[str, float] = {}
     t0 = time.time()
     bar = tqdm(loader, total=nb, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, mininterval=2,

@@ -51,6 +51,10 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> Detec
         raise ModelError(f"{path}: detector family '{meta.get('family')}' is not supported "
                          f"({', '.join(families())})")
     adapter = family.adapter.from_spec(meta["arch"], meta["class_names"])
+    if meta.get("qat"):  # a quantization-aware-trained student: the same fake-quant modules before its weights
+        from ..deploy.qat import prepare_qat
+
+        prepare_qat(adapter.model, meta["qat"])
     missing, unexpected = adapter.model.load_state_dict(ck["model"], strict=False)
     if missing or unexpected:
         raise ModelError(f"{path}: weights do not match the architecture ({len(missing)} missing, {len(unexpected)} unexpected keys)")
