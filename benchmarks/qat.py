@@ -1,0 +1,183 @@
+#!/usr/bin/env python
+"""INT8 that keeps the FP32 accuracy: PTQ vs QAT vs QAT + KD, per INT8 scheme, on CCTV val.
+
+For a trained FP32 student, under each ``--schemes`` (per_channel: what ONNX Runtime runs; npu: per-tensor symmetric
+int8 everywhere, as strict camera NPUs require), scores through ONNX Runtime (the deployed file, cvkd's evaluator):
+
+* ``fp32``: the student's ONNX FP32 export;
+* ``ptq``: post-training quantization of it (``cvkd export --int8 --int8-scheme``, calibrated on train frames);
+* ``qat``: a short QAT fine-tune on labels only (``train.qat``), exported as ONNX QDQ;
+* ``qat_kd``: the same fine-tune distilled from the FP32 ``--teacher`` (``--kd`` terms);
+* ``qat_self``: the same, distilled from the student's own FP32 weights (self-distillation).
+
+    python benchmarks/qat.py --student runs/bench_cctv/ws_linear_s0_ul_e88/final.pt \\
+        --teacher checkpoints/cctv_yolov8s_320_e88_fp16.pt.xz --teacher-classes '{"0": person, "1": person}' \\
+        --epochs 3 --seeds 0 --threads 1
+
+Writes benchmarks/results/qat.csv (one row per scheme, row and seed; re-running adds to it) and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("YOLO_OFFLINE", "1")
+SHARED = ROOT.parent / "shared" / "datasets" / "cctv_people"
+RESULTS = ROOT / "benchmarks" / "results" / "qat.csv"
+COLUMNS = ["scheme", "row", "seed", "epochs", "map", "ap50", "latency_ms", "size_mb", "student", "teacher", "file"]
+ROWS = ["fp32", "ptq", "qat", "qat_kd", "qat_self"]
+DATA = [f"data.train_json={ROOT / 'data/cctv_people/train.json'}", f"data.train_images={SHARED / 'train/images'}",
+        f"data.val_json={ROOT / 'data/cctv_people/val.json'}", f"data.val_images={SHARED / 'valid/images'}",
+        "data.class_map={'0': person, '1': person}"]
+# KD of the qat_kd / qat_self rows: the logit and feature terms of the CCTV recipe (configs/cctv_distill.yaml),
+# no box term (the quantized head's boxes learn from the labels)
+KD = ["kd.logit=4.0", "kd.logit_t=1.0", "kd.feature=6.0", "kd.feature_loss=hint", "kd.feature_norm=joint",
+      "kd.feature_mask=teacher_score", "kd.feature_adapter=mlp", "kd.box=0"]
+
+
+def score_onnx(path: Path, val, imgsz: int, threads: int) -> dict:
+    """mAP through ORT, and the mean latency of 50 single-image runs after 10 warm-up runs."""
+    import numpy as np
+
+    from cvkd.deploy import OrtDetector
+    from cvkd.deploy.ort_detector import model_size_mb
+    from cvkd.deploy.pipeline import score
+
+    det = OrtDetector(path, threads)
+    m = score(det, val, imgsz)
+    x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
+    for _ in range(10):
+        det.session.run(None, {det.input_name: x})
+    times = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        det.session.run(None, {det.input_name: x})
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"map": m["map"], "ap50": m["ap50"], "latency_ms": statistics.mean(times), "size_mb": model_size_mb(path)}
+
+
+def export(weights: Path, out: Path, imgsz: int, **kw) -> dict:
+    from cvkd.deploy import ExportRequest, export_set
+    from cvkd.deploy.pipeline import load_for_export
+
+    return export_set(load_for_export(weights), ExportRequest(imgsz=imgsz, out_dir=out, stem=weights.parent.name, **kw))
+
+
+def qat_run(args, row: str, scheme: str, seed: int) -> Path:
+    """A QAT fine-tune of the student (resumable: a finished run is reused)."""
+    name = f"qat_{scheme}_{row}_e{args.epochs}_s{seed}"
+    run = Path(args.out) / name
+    if (run / "final.pt").is_file():
+        return run / "final.pt"
+    kd = {"qat": [], "qat_kd": [f"kd.teacher={args.teacher}", *KD, *args.teacher_kd],
+          "qat_self": [f"kd.teacher={args.student}", *KD]}[row]
+    tool = "distill.py" if kd else "train.py"
+    cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / "cctv_student.yaml"), *DATA,
+           f"out={args.out}", f"name={name}", f"model.name={args.student}", f"train.qat={scheme}",
+           f"train.epochs={args.epochs}", f"train.seed={seed}", f"train.threads={args.threads}", "train.optimizer=sgd",
+           f"train.lr={args.lr}", "train.warmup_epochs=0", "data.close_mosaic=0", "data.mosaic=0", *kd]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True)
+    return run / "final.pt"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--student", required=True, help="trained FP32 student checkpoint")
+    ap.add_argument("--teacher", default="", help="FP32 teacher checkpoint of the qat_kd row")
+    ap.add_argument("--teacher-classes", default="", help="kd.teacher_classes for a teacher of other classes")
+    ap.add_argument("--schemes", nargs="+", default=["per_channel", "npu"], choices=["per_channel", "npu"])
+    ap.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the QAT rows")
+    ap.add_argument("--epochs", type=int, default=3, help="QAT fine-tune epochs (default 3)")
+    ap.add_argument("--lr", type=float, default=0.001, help="QAT fine-tune SGD learning rate (default 0.001)")
+    ap.add_argument("--imgsz", type=int, default=320)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads of training and of ORT timing (default 1)")
+    ap.add_argument("--calib-frames", type=int, default=100, help="PTQ calibration frames from the train set")
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_qat"), help="folder of the QAT runs and exports")
+    ap.add_argument("--table-only", action="store_true", help="print the table from the CSV")
+    args = ap.parse_args()
+    args.teacher_kd = [f"kd.teacher_classes={args.teacher_classes}"] if args.teacher_classes else []
+    if not args.table_only:
+        run_rows(args)
+    print_table()
+
+
+def run_rows(args) -> None:
+    from cvkd.data import load_coco
+
+    val = load_coco(ROOT / "data/cctv_people/val.json", SHARED / "valid/images", {"0": "person", "1": "person"})
+    student = Path(args.student)
+    for scheme in args.schemes:
+        for row in args.rows:
+            for seed in (args.seeds if row.startswith("qat") else [0]):
+                if row == "fp32" and scheme != args.schemes[0]:
+                    continue  # one FP32 row serves every scheme
+                t0 = time.time()
+                if row == "fp32":
+                    path = export(student, Path(args.out) / "fp32", args.imgsz)["full_fp32"]
+                elif row == "ptq":
+                    path = export(student, Path(args.out) / f"ptq_{scheme}", args.imgsz, int8=True,
+                                  calib=SHARED / "train/images", calib_frames=args.calib_frames,
+                                  calib_method="percentile", int8_scheme=scheme)["full_int8"]
+                else:
+                    weights = qat_run(args, row, scheme, seed)
+                    path = export(weights, weights.parent / "export", args.imgsz)["full_int8"]
+                rec = {"scheme": "fp32" if row == "fp32" else scheme, "row": row, "seed": seed,
+                       "epochs": args.epochs if row.startswith("qat") else 0, "student": rel(student),
+                       "teacher": rel(Path(args.teacher)) if row == "qat_kd" else "", "file": rel(path),
+                       **score_onnx(path, val, args.imgsz, args.threads)}
+                append(rec)
+                print(f"{rec['scheme']} {row} s{seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def rel(p: Path) -> str:
+    try:
+        return os.path.relpath(Path(p).resolve(), ROOT)
+    except ValueError:
+        return str(p)
+
+
+def append(rec: dict) -> None:
+    rows = read()
+    rows = [r for r in rows if (r["scheme"], r["row"], str(r["seed"]), r["student"]) !=
+            (rec["scheme"], rec["row"], str(rec["seed"]), rec["student"])] + [rec]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
+
+
+def read() -> list[dict]:
+    if not RESULTS.is_file():
+        return []
+    with RESULTS.open() as f:
+        return list(csv.DictReader(f))
+
+
+def print_table() -> None:
+    groups: dict = {}
+    for r in read():
+        groups.setdefault((r["student"], r["scheme"], r["row"]), []).append(r)
+    print("\n| student | scheme | row | seeds | mAP@[.5:.95] mean +- sd | AP50 | ORT latency (ms, 1 thread) | MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (student, scheme, row), rs in groups.items():
+        maps = [float(r["map"]) for r in rs]
+        sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
+        print(f"| {Path(student).parent.name} | {scheme} | {row} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} "
+              f"| {statistics.mean(float(r['ap50']) for r in rs):.4f} | "
+              f"{statistics.mean(float(r['latency_ms']) for r in rs):.1f} | {float(rs[0]['size_mb']):.2f} |")
+    print(f"\nwritten {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
