@@ -10,7 +10,7 @@ import torch
 from onnx import numpy_helper
 
 from cvkd.deploy import export_onnx
-from cvkd.deploy.qat import FakeQuantConv, freeze_ranges, prepare_qat, quantize_biases
+from cvkd.deploy.qat import FakeQuantConv, fold_weight_quantization, freeze_ranges, prepare_qat, quantize_biases
 from cvkd.models import build_detector
 
 IMG = 64
@@ -64,7 +64,10 @@ def test_qdq_export_runs_in_ort_and_matches_the_fake_quant_model(scheme, tmp_pat
     path = export_onnx(m, tmp_path / "q.onnx", IMG, "full", opset=13)
     model = onnx.load(str(path))
     assert quantize_biases(model) == n  # every conv: an int32 bias, as ORT's own quantizer writes
+    fp32_size = path.stat().st_size
+    assert fold_weight_quantization(model) == n  # int8 weights stored, float weights gone
     onnx.save(model, str(path))
+    assert path.stat().st_size < 0.4 * fp32_size
     so = ort.SessionOptions()
     so.optimized_model_filepath = str(tmp_path / "opt.onnx")
     out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
