@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import lzma
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,17 +69,22 @@ class CocoData:
 
 
 def read_json(path: str | Path) -> Any:
-    """Parse a json file; a syntax error becomes one line with the file, line and column."""
+    """Parse a json file (``.json.xz`` too); a syntax error becomes one line with the file, line and column."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
+        if path.suffix == ".xz":  # the compressed detections benchmarks keep (benchmarks/results/preds/)
+            with lzma.open(path, "rt", encoding="utf-8") as f:
+                return json.load(f)
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (lzma.LZMAError, EOFError) as e:  # a corrupt or truncated .xz
+        raise DataError(f"{path}: not a valid .xz file ({e or type(e).__name__})") from None
 
 
 def _int(value: Any, where: str, what: str) -> int:

@@ -127,3 +127,17 @@ def test_cvkd_val_compares_seeds(tmp_path, capsys):
     assert g["gain"] > 0 and g["significant"] and "95 % interval" in capsys.readouterr().out
     assert len(set(g["per_seed"])) == 3 and g["sd_seed"] > 0
     assert main(args[:6] + ["--baseline", str(files["b", 0])]) == 2  # 3 vs 1 files: one line, exit 2
+
+
+def test_compressed_detections_are_read_and_a_corrupt_file_is_one_line(tmp_path):
+    import json
+    import lzma
+
+    from cvkd.data import DataError, read_json
+
+    with lzma.open(tmp_path / "p.json.xz", "wt", encoding="utf-8") as f:
+        json.dump([{"image_id": 1}], f)
+    assert read_json(tmp_path / "p.json.xz") == [{"image_id": 1}]
+    (tmp_path / "bad.json.xz").write_bytes(b"not xz at all")
+    with pytest.raises(DataError, match="bad.json.xz"):
+        read_json(tmp_path / "bad.json.xz")
