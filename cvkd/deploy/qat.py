@@ -73,30 +73,30 @@ class FakeQuantConv(nn.Module):
         symmetric = scheme == "npu"
         self.act_in, self.act_out = RangeObserver(symmetric), RangeObserver(symmetric)
 
-    def quantized_weight(self) -> Tensor:
-        w = self.conv.weight  # (C_out, C_in / groups, k, k)
-        if self.scheme == "per_channel":
-            scale = (w.detach().abs().amax((1, 2, 3)) / 127.0).clamp_min(1e-8).float()  # (C_out,)
-            zero = torch.zeros_like(scale, dtype=torch.int32)
-            return torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -128, 127)
-        scale = max(float(w.detach().abs().max()) / 127.0, 1e-8)
-        return torch.fake_quantize_per_tensor_affine(w, scale, 0, -128, 127)
-
     def weight_scale(self) -> Tensor:
-        w = self.conv.weight.detach()
+        """Symmetric int8 weight scale, abs-max / 127, per output channel (``npu``: one value, repeated)."""
+        w = self.conv.weight.detach()  # (C_out, C_in / groups, k, k)
         s = w.abs().amax((1, 2, 3)) if self.scheme == "per_channel" else w.abs().max().expand(w.shape[0])
-        return (s / 127.0).clamp_min(1e-8)  # (C_out,)
+        return (s / 127.0).clamp_min(1e-8).float()  # (C_out,)
+
+    def quantized_weight(self, scale: Tensor) -> Tensor:
+        w = self.conv.weight
+        if self.scheme == "per_channel":
+            return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32), 0,
+                                                          -128, 127)
+        return torch.fake_quantize_per_tensor_affine(w, float(scale[0]), 0, -128, 127)
 
     def forward(self, x: Tensor) -> Tensor:
         c, b = self.conv, self.conv.bias
+        s_w = self.weight_scale()  # (C_out,)
         # the int32 bias (scale s_x * s_w) must not overflow: a near-constant input gets a coarser s_x
-        floor = float((b.detach().abs() / self.weight_scale()).max()) / 2 ** 30 if b is not None else 0.0
-        x = self.act_in(x, max(floor, 1e-8))
-        w = self.quantized_weight()
+        floor = max(float((b.detach().abs() / s_w).max()) / 2 ** 30 if b is not None else 0.0, 1e-8)
+        x = self.act_in(x, floor)
+        w = self.quantized_weight(s_w)
         # training sees the int32 bias it is deployed with; eval keeps it float, so that the exported bias stays a
         # constant that quantize_biases() rounds the same way
         if self.training and b is not None and bool(self.act_in.seen):
-            s = self.act_in.qparams(max(floor, 1e-8))[0] * self.weight_scale()  # (C_out,)
+            s = self.act_in.qparams(floor)[0] * s_w  # (C_out,)
             b = b + (torch.round(b / s) * s - b).detach()  # straight-through rounding
         return self.act_out(F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups))
 
@@ -137,6 +137,17 @@ def freeze_ranges(model: nn.Module, frozen: bool = True) -> None:
             m.frozen = frozen
 
 
+def _constants(graph) -> dict:
+    """Name -> numpy array of every initializer and ``Constant`` node output of an ONNX graph."""
+    from onnx import numpy_helper
+
+    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    return values
+
+
 def quantize_biases(model: "onnx.ModelProto") -> int:  # noqa: F821
     """Give every Conv whose input and weights are dequantized an int32 bias, ``round(b / (s_x * s_w))`` dequantized
     with scale ``s_x * s_w`` (what ONNX Runtime's own quantizer writes): ORT fuses ``DQ -> Conv -> Q`` into
@@ -145,10 +156,7 @@ def quantize_biases(model: "onnx.ModelProto") -> int:  # noqa: F821
     from onnx import helper, numpy_helper
 
     g = model.graph
-    values = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    values = _constants(g)
     producer = {o: n for n in g.node for o in n.output}
     inits = {i.name: i for i in g.initializer}
     new_nodes, count = [], 0
@@ -207,10 +215,7 @@ def fold_weight_quantization(model: "onnx.ModelProto") -> int:  # noqa: F821
     from onnx import numpy_helper
 
     g = model.graph
-    values = {i.name: numpy_helper.to_array(i) for i in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            values[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
+    values = _constants(g)
     folded, keep = 0, []
     for n in g.node:
         if n.op_type == "QuantizeLinear" and n.input[0] in values and all(i in values for i in n.input[1:]):
