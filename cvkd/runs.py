@@ -56,21 +56,25 @@ def discard_failed_run_dirs() -> None:
     """Remove the run folders this process created that hold no checkpoint yet (the run failed before training)."""
     import shutil
 
-    for h in [h for h in log.handlers if getattr(h, "_cvkd", False)]:
-        log.removeHandler(h)
-        h.close()
+    close_logging()
     while _new_run_dirs:
         path = _new_run_dirs.pop()
         if path.is_dir() and not any(path.glob("*.pt")):
             shutil.rmtree(path, ignore_errors=True)
 
 
-def setup_logging(run_dir: Path) -> None:
-    """The ``cvkd`` logger to ``run_dir/train.log`` (timestamped) and the console (plain)."""
-    log.setLevel(logging.INFO)
+def close_logging() -> None:
+    """Detach a run's log handlers: a run called in-process must not leave its ``train.log`` open and written to."""
     for h in [h for h in log.handlers if getattr(h, "_cvkd", False)]:
         log.removeHandler(h)
         h.close()
+    log.propagate = True
+
+
+def setup_logging(run_dir: Path) -> None:
+    """The ``cvkd`` logger to ``run_dir/train.log`` (timestamped) and the console (plain)."""
+    log.setLevel(logging.INFO)
+    close_logging()
     fh = logging.FileHandler(run_dir / "train.log")
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     sh = _CurrentStderr()  # not the stderr of the moment: a run called in-process (tests, notebooks) outlives it
@@ -232,7 +236,10 @@ def tool_main(argv: list[str] | None, description: str, config_cls: type, resolv
             raise ConfigError("distillation needs a teacher: set kd.teacher=path/to/teacher.pt")
         if not require_teacher and cfg.kd.teacher:
             raise ConfigError(f"{names[0]} trains without a teacher: use {names[1]}, or set kd.teacher=''")
-        result = train(cfg)
+        try:
+            result = train(cfg)
+        finally:
+            close_logging()
     except CvkdError as e:
         discard_failed_run_dirs()
         print(f"error: {e}", file=sys.stderr)

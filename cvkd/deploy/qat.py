@@ -25,23 +25,38 @@ QAT_SCHEMES = ("per_channel", "npu")
 
 
 class RangeObserver(nn.Module):
-    """Moving-average min/max of a tensor (momentum 0.1 after the first batch), frozen on request; its int8 scale."""
+    """Moving-average min/max of a tensor (momentum 0.1 after the first batch), frozen on request; its int8 scale.
+
+    Training reads the scale as a tensor (no host sync per convolution on CUDA); eval and export read Python numbers,
+    which the ONNX exporter writes as constants."""
 
     def __init__(self, symmetric: bool):
         super().__init__()
         self.symmetric = symmetric
+        self.qmin, self.qmax = (-128, 127) if symmetric else (0, 255)
         self.register_buffer("lo", torch.tensor(0.0))
         self.register_buffer("hi", torch.tensor(0.0))
         self.register_buffer("seen", torch.tensor(False))
         self.frozen = False
+        self._calibrated = False  # host copy of ``seen`` once it is True
+
+    @property
+    def calibrated(self) -> bool:
+        self._calibrated = self._calibrated or bool(self.seen)
+        return self._calibrated
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._calibrated = False  # a loaded ``seen`` may be False
+        super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
         if self.frozen:
             return
         lo, hi = x.detach().min().float(), x.detach().max().float()
-        if not bool(self.seen):
+        if not self.calibrated:
             self.lo.copy_(lo), self.hi.copy_(hi), self.seen.fill_(True)
+            self._calibrated = True
         else:
             self.lo.lerp_(lo, 0.1), self.hi.lerp_(hi, 0.1)
 
@@ -49,16 +64,27 @@ class RangeObserver(nn.Module):
         """(scale, zero point, quant min, quant max): symmetric int8, or asymmetric uint8 covering [lo, hi] and 0."""
         lo, hi = min(float(self.lo), 0.0), max(float(self.hi), 0.0)
         if self.symmetric:
-            return max(max(-lo, hi) / 127.0, min_scale), 0, -128, 127
+            return max(max(-lo, hi) / 127.0, min_scale), 0, self.qmin, self.qmax
         scale = max((hi - lo) / 255.0, min_scale)
-        return scale, int(min(max(round(-lo / scale), 0), 255)), 0, 255
+        return scale, int(min(max(round(-lo / scale), 0), 255)), self.qmin, self.qmax
 
-    def forward(self, x: Tensor, min_scale: float = 1e-8) -> Tensor:
+    def qparams_tensor(self, min_scale: Tensor | float = 1e-8) -> tuple[Tensor, Tensor]:
+        """:meth:`qparams`' scale (float32) and zero point (int32) as 0-d tensors on the observer's device."""
+        lo, hi = self.lo.clamp(max=0.0), self.hi.clamp(min=0.0)
+        if self.symmetric:
+            return torch.clamp(torch.maximum(-lo, hi) / 127.0, min=min_scale), torch.zeros_like(lo, dtype=torch.int32)
+        scale = torch.clamp((hi - lo) / 255.0, min=min_scale)
+        return scale, (-lo / scale).round().clamp(0, 255).to(torch.int32)
+
+    def forward(self, x: Tensor, min_scale: Tensor | float = 1e-8) -> Tensor:
         if self.training:
             self.update(x)
-        if not bool(self.seen):  # never calibrated: nothing to quantize with yet
+        if not self.calibrated:  # never calibrated: nothing to quantize with yet
             return x
-        scale, zero, qmin, qmax = self.qparams(min_scale)
+        if self.training:
+            scale, zero = self.qparams_tensor(min_scale)
+            return torch.fake_quantize_per_tensor_affine(x, scale, zero, self.qmin, self.qmax)
+        scale, zero, qmin, qmax = self.qparams(float(min_scale))
         return torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
 
 
@@ -84,19 +110,22 @@ class FakeQuantConv(nn.Module):
         if self.scheme == "per_channel":
             return torch.fake_quantize_per_channel_affine(w, scale, torch.zeros_like(scale, dtype=torch.int32), 0,
                                                           -128, 127)
+        if self.training:  # a tensor scale: no host sync
+            return torch.fake_quantize_per_tensor_affine(w, scale[0], torch.zeros((), dtype=torch.int32,
+                                                         device=w.device), -128, 127)
         return torch.fake_quantize_per_tensor_affine(w, float(scale[0]), 0, -128, 127)
 
     def forward(self, x: Tensor) -> Tensor:
         c, b = self.conv, self.conv.bias
         s_w = self.weight_scale()  # (C_out,)
         # the int32 bias (scale s_x * s_w) must not overflow: a near-constant input gets a coarser s_x
-        floor = max(float((b.detach().abs() / s_w).max()) / 2 ** 30 if b is not None else 0.0, 1e-8)
+        floor = (b.detach().abs() / s_w).max().div(2 ** 30).clamp(min=1e-8) if b is not None else 1e-8
         x = self.act_in(x, floor)
         w = self.quantized_weight(s_w)
         # training sees the int32 bias it is deployed with; eval keeps it float, so that the exported bias stays a
         # constant that quantize_biases() rounds the same way
-        if self.training and b is not None and bool(self.act_in.seen):
-            s = self.act_in.qparams(floor)[0] * s_w  # (C_out,)
+        if self.training and b is not None and self.act_in.calibrated:
+            s = self.act_in.qparams_tensor(floor)[0] * s_w  # (C_out,)
             b = b + (torch.round(b / s) * s - b).detach()  # straight-through rounding
         return self.act_out(F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups))
 

@@ -206,3 +206,16 @@ def test_distill_on_ultralytics_pipeline(tmp_path, tiny_run):
         assert got[0][1:] == pytest.approx([(x + w / 2) / rec.width, (y + h / 2) / rec.height, w / rec.width,
                                             h / rec.height], abs=1e-6)
     assert "pipeline: ultralytics" in (run / "config.yaml").read_text()
+
+
+def test_an_in_process_run_leaves_no_log_handler_behind(tmp_path, tiny_run):
+    import logging
+
+    from cvkd.commands.train import train_main
+
+    assert train_main([*tiny_run, "name=inproc", "train.epochs=1", "model.name=yolov8n.yaml"]) == 0
+    log = logging.getLogger("cvkd")
+    assert not [h for h in log.handlers if getattr(h, "_cvkd", False)] and log.propagate
+    size = (tmp_path / "runs" / "inproc" / "train.log").stat().st_size
+    log.warning("after the run")  # goes to the root logger, not into the finished run's file
+    assert (tmp_path / "runs" / "inproc" / "train.log").stat().st_size == size

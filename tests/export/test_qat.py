@@ -10,7 +10,14 @@ import torch
 from onnx import numpy_helper
 
 from cvkd.deploy import export_onnx
-from cvkd.deploy.qat import FakeQuantConv, fold_weight_quantization, freeze_ranges, prepare_qat, quantize_biases
+from cvkd.deploy.qat import (
+    FakeQuantConv,
+    RangeObserver,
+    fold_weight_quantization,
+    freeze_ranges,
+    prepare_qat,
+    quantize_biases,
+)
 from cvkd.models import build_detector
 
 IMG = 64
@@ -42,6 +49,24 @@ def test_every_conv_but_dfl_is_fake_quantized_and_bn_folded():
             if isinstance(mod, torch.nn.Conv2d) and name.rsplit(".", 1)[0] not in wrapped]
     assert n == len(wrapped) == 63 and bare == ["model.22.dfl.conv"]  # DFL's fixed expectation stays float
     assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.model.modules())
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_training_reads_the_same_scale_as_export_without_leaving_the_device(symmetric):
+    obs = RangeObserver(symmetric)
+    x = torch.tensor([-0.7, 0.05, 1.3, 2.9])
+    obs.train()(x)  # the first batch sets the range: [-0.7, 2.9]
+    scale, zero, _, _ = obs.qparams()
+    assert scale == pytest.approx(2.9 / 127 if symmetric else 3.6 / 255) and zero == (0 if symmetric else 50)
+    scale_t, zero_t = obs.qparams_tensor()
+    assert scale_t.item() == pytest.approx(scale) and zero_t.item() == zero and zero_t.dtype == torch.int32
+    obs.frozen = True
+    # tensor (training, float32 scale) and float (export, float64 scale) paths agree to rounding
+    torch.testing.assert_close(obs.train()(x), obs.eval()(x), rtol=0, atol=1e-6)
+    fresh = RangeObserver(symmetric)
+    fresh.load_state_dict(obs.state_dict())
+    assert fresh.calibrated and torch.equal(fresh.eval()(x), obs(x))
+    assert not RangeObserver(symmetric).calibrated
 
 
 def test_straight_through_gradients_reach_every_student_weight():
