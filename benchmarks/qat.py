@@ -5,6 +5,8 @@ For a trained FP32 student, under each ``--schemes`` (per_channel: what ONNX Run
 int8 everywhere, as strict camera NPUs require), scores through ONNX Runtime (the deployed file, cvkd's evaluator):
 
 * ``fp32``: the student's ONNX FP32 export;
+* ``fp32_ft``: the control of the QAT rows: the same fine-tune (epochs, optimizer, labels only) without fake
+  quantization, FP32 export, so that a QAT row's gain over ``fp32`` is not read as the extra epochs';
 * ``ptq``: post-training quantization of it (``cvkd export --int8 --int8-scheme``, calibrated on train frames);
 * ``qat``: a short QAT fine-tune on labels only (``train.qat``), exported as ONNX QDQ;
 * ``qat_kd``: the same fine-tune distilled from the FP32 ``--teacher`` (``--kd`` terms);
@@ -32,7 +34,7 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 SHARED = ROOT.parent / "shared" / "datasets" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "qat.csv"
 COLUMNS = ["scheme", "row", "seed", "epochs", "map", "ap50", "latency_ms", "size_mb", "student", "teacher", "file"]
-ROWS = ["fp32", "ptq", "qat", "qat_kd", "qat_self"]
+ROWS = ["fp32", "fp32_ft", "ptq", "qat", "qat_kd", "qat_self"]
 DATA = [f"data.train_json={ROOT / 'data/cctv_people/train.json'}", f"data.train_images={SHARED / 'train/images'}",
         f"data.val_json={ROOT / 'data/cctv_people/val.json'}", f"data.val_images={SHARED / 'valid/images'}",
         "data.class_map={'0': person, '1': person}"]
@@ -70,19 +72,26 @@ def export(weights: Path, out: Path, imgsz: int, **kw) -> dict:
     return export_set(load_for_export(weights), ExportRequest(imgsz=imgsz, out_dir=out, stem=weights.parent.name, **kw))
 
 
-def qat_run(args, row: str, scheme: str, seed: int) -> Path:
-    """A QAT fine-tune of the student (resumable: a finished run is reused)."""
-    name = f"qat_{scheme}_{row}_e{args.epochs}_s{seed}"
-    run = Path(args.out) / name
-    if (run / "final.pt").is_file():
-        return run / "final.pt"
-    kd = {"qat": [], "qat_kd": [f"kd.teacher={args.teacher}", *KD, *args.teacher_kd],
+def qat_command(args, row: str, scheme: str, seed: int) -> tuple[str, list[str]]:
+    """(run name, command) of a QAT fine-tune of the student; ``fp32_ft``: the same without fake quantization."""
+    name = f"qat_{scheme}_{row}_e{args.epochs}_s{seed}" if row != "fp32_ft" else f"ft_e{args.epochs}_s{seed}"
+    kd = {"qat": [], "fp32_ft": [], "qat_kd": [f"kd.teacher={args.teacher}", *KD, *args.teacher_kd],
           "qat_self": [f"kd.teacher={args.student}", *KD]}[row]
     tool = "distill.py" if kd else "train.py"
     cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / "cctv_student.yaml"), *DATA,
-           f"out={args.out}", f"name={name}", f"model.name={args.student}", f"train.qat={scheme}",
-           f"train.epochs={args.epochs}", f"train.seed={seed}", f"train.threads={args.threads}", "train.optimizer=sgd",
-           f"train.lr={args.lr}", "train.warmup_epochs=0", "data.close_mosaic=0", "data.mosaic=0", *kd]
+           f"out={args.out}", f"name={name}", f"model.name={args.student}",
+           f"train.qat={'' if row == 'fp32_ft' else scheme}", f"train.epochs={args.epochs}", f"train.seed={seed}",
+           f"train.threads={args.threads}", "train.optimizer=sgd", f"train.lr={args.lr}", "train.warmup_epochs=0",
+           "data.close_mosaic=0", "data.mosaic=0", *kd]
+    return name, cmd
+
+
+def qat_run(args, row: str, scheme: str, seed: int) -> Path:
+    """Run :func:`qat_command` (resumable: a finished run is reused); its final weights."""
+    name, cmd = qat_command(args, row, scheme, seed)
+    run = Path(args.out) / name
+    if (run / "final.pt").is_file():
+        return run / "final.pt"
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return run / "final.pt"
@@ -117,8 +126,8 @@ def run_rows(args) -> None:
     student = Path(args.student)
     for scheme in args.schemes:
         for row in args.rows:
-            for seed in (args.seeds if row.startswith("qat") else [0]):
-                if row == "fp32" and scheme != args.schemes[0]:
+            for seed in (args.seeds if row.startswith("qat") or row == "fp32_ft" else [0]):
+                if row.startswith("fp32") and scheme != args.schemes[0]:
                     continue  # one FP32 row serves every scheme
                 t0 = time.time()
                 if row == "fp32":
@@ -129,9 +138,10 @@ def run_rows(args) -> None:
                                   calib_method="percentile", int8_scheme=scheme)["full_int8"]
                 else:
                     weights = qat_run(args, row, scheme, seed)
-                    path = export(weights, weights.parent / "export", args.imgsz)["full_int8"]
-                rec = {"scheme": "fp32" if row == "fp32" else scheme, "row": row, "seed": seed,
-                       "epochs": args.epochs if row.startswith("qat") else 0, "student": rel(student),
+                    path = export(weights, weights.parent / "export", args.imgsz)[
+                        "full_fp32" if row == "fp32_ft" else "full_int8"]
+                rec = {"scheme": "fp32" if row.startswith("fp32") else scheme, "row": row, "seed": seed,
+                       "epochs": 0 if row == "fp32" else args.epochs, "student": rel(student),
                        "teacher": rel(Path(args.teacher)) if row == "qat_kd" else "", "file": rel(path),
                        **score_onnx(path, val, args.imgsz, args.threads)}
                 append(rec)

@@ -96,3 +96,21 @@ def test_sweep_run_names_keep_seeds_and_teachers_apart(bench):
     assert sweep.run_name("baseline", 0, 1, "") == "baseline_s0_t1"
     shipped = "checkpoints/cctv_yolov8s_teacher_fp16.pt.xz"
     assert sweep.run_name("feature_w18", 0, 0, shipped) == "feature_w18_s0_cctv_yolov8s_teacher_fp16"
+
+
+def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fake_quant(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("qat", None)
+    import qat
+
+    args = SimpleNamespace(teacher="t.pt", teacher_kd=[], student="s.pt", out="runs/q", epochs=3, threads=1, lr=0.001)
+    for row in [r for r in qat.ROWS if r not in ("fp32", "ptq")]:
+        for scheme in ("per_channel", "npu"):
+            name, cmd = qat.qat_command(args, row, scheme, 0)
+            overrides = [a for a in cmd[4:] if "=" in a]
+            cfg = _cfg([o for o in overrides if not o.startswith("kd.teacher=")], ROOT / "configs" / "cctv_student.yaml")
+            assert cfg.train.qat == ("" if row == "fp32_ft" else scheme) and cfg.train.epochs == 3
+            assert cfg.data.mosaic == 0 and cfg.model.name == "s.pt"
+            assert cmd[1].endswith("distill.py") == (row in ("qat_kd", "qat_self")), row
