@@ -69,7 +69,9 @@ class TrainConfig:
     qat_freeze: int = setting(1, "QAT: the last N epochs train with the activation ranges frozen")
     batch: int = setting(16, "images per step")
     nbs: int = setting(64, "nominal batch size: gradients are accumulated to it, weight decay scaled by batch/nbs")
-    optimizer: Literal["auto", "sgd", "adamw"] = setting("auto", "auto = AdamW with lr 0.002*5/(4+classes) (ultralytics' rule for short runs)")
+    optimizer: Literal["auto", "sgd", "adamw", "musgd"] = setting(
+        "auto", "auto = ultralytics' rule: AdamW with lr 0.002*5/(4+classes) up to 10,000 optimizer steps, MuSGD "
+        "(lr 0.01, momentum 0.9) past that; musgd = ultralytics' Muon+SGD hybrid at train.lr")
     lr: float = setting(0.01, "initial learning rate (ignored by optimizer=auto)")
     lrf: float = setting(0.01, "final learning rate as a fraction of the initial one")
     schedule: Literal["linear", "cosine"] = setting("linear", "learning-rate decay after warm-up")

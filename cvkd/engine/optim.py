@@ -10,9 +10,26 @@ from torch import nn
 
 from .config import TrainConfig
 
+AUTO_MUSGD_STEPS = 10_000  # ultralytics' ``optimizer=auto`` picks MuSGD past this many optimizer steps
 
-def build_optimizer(params_from: list[nn.Module], cfg: TrainConfig, num_classes: int, accumulate: int):
-    """Three groups: conv/linear weights (decayed), norm weights and biases (not decayed)."""
+
+def build_optimizer(params_from: list[nn.Module], cfg: TrainConfig, num_classes: int, accumulate: int,
+                    n_images: int = 0):
+    """Three groups: conv/linear weights (decayed), norm weights and biases (not decayed).
+
+    ``auto`` follows ultralytics 8.4: AdamW with lr 0.002*5/(4+classes) for runs of up to 10,000 optimizer steps at the
+    nominal batch (``n_images / max(batch, nbs) * epochs``), MuSGD (lr 0.01, momentum 0.9) past that. MuSGD
+    (ultralytics' ``optim/muon.py``, reused: Muon's orthogonalised update blended with SGD, Muon weight 0.2) takes
+    every 2-D/4-D tensor into its Muon groups, and the detection head's classification branches (``cv3``,
+    ``one2one_cv3``) train at 3x the learning rate, as ultralytics sets them. Each group's ``initial_lr`` is what the
+    schedule scales."""
+    optimizer = cfg.optimizer
+    if optimizer == "auto":
+        steps = math.ceil(n_images / max(cfg.batch, cfg.nbs)) * cfg.epochs
+        optimizer = "musgd" if steps > AUTO_MUSGD_STEPS else "auto"
+    if optimizer == "musgd":
+        return _musgd(params_from, cfg, accumulate, lr=0.01 if cfg.optimizer == "auto" else cfg.lr,
+                      momentum=0.9 if cfg.optimizer == "auto" else cfg.momentum)
     decay, no_decay, bias = [], [], []
     for module in params_from:
         for m in module.modules():
@@ -26,9 +43,9 @@ def build_optimizer(params_from: list[nn.Module], cfg: TrainConfig, num_classes:
                 else:
                     decay.append(p)
     weight_decay = cfg.weight_decay * cfg.batch * accumulate / cfg.nbs
-    if cfg.optimizer in ("auto", "adamw"):
-        lr = round(0.002 * 5 / (4 + num_classes), 6) if cfg.optimizer == "auto" else cfg.lr
-        momentum = 0.9 if cfg.optimizer == "auto" else cfg.momentum
+    if optimizer in ("auto", "adamw"):
+        lr = round(0.002 * 5 / (4 + num_classes), 6) if optimizer == "auto" else cfg.lr
+        momentum = 0.9 if optimizer == "auto" else cfg.momentum
         opt = torch.optim.AdamW(bias, lr=lr, betas=(momentum, 0.999), weight_decay=0.0)
     else:
         lr, momentum = cfg.lr, cfg.momentum
@@ -38,6 +55,29 @@ def build_optimizer(params_from: list[nn.Module], cfg: TrainConfig, num_classes:
     for g in opt.param_groups:
         g["initial_lr"] = lr
     return opt, lr, momentum
+
+
+def _musgd(params_from: list[nn.Module], cfg: TrainConfig, accumulate: int, lr: float, momentum: float):
+    from ultralytics.nn.modules import Detect
+    from ultralytics.optim import MuSGD
+
+    boosted = {id(p) for module in params_from for m in module.modules() if isinstance(m, Detect)
+               for branch in (getattr(m, "cv3", None), getattr(m, "one2one_cv3", None))
+               if isinstance(branch, nn.Module) for p in branch.parameters()}
+    weight_decay = cfg.weight_decay * cfg.batch * accumulate / cfg.nbs
+    # (muon, decay, scale) -> params: bias, norm weights, then Muon's matrices and filters, each plain and 3x
+    groups: dict[tuple[bool, float, float], list] = {}
+    for module in params_from:
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                muon = p.ndim in (2, 4)
+                decay = weight_decay if muon else 0.0  # biases and norm weights: no decay
+                groups.setdefault((muon, decay, 3.0 if id(p) in boosted else 1.0), []).append(p)
+    params = [{"params": ps, "lr": lr * scale, "initial_lr": lr * scale, "momentum": momentum, "nesterov": True,
+               "weight_decay": decay, "use_muon": muon} for (muon, decay, scale), ps in sorted(groups.items())]
+    return MuSGD(params, lr=lr, momentum=momentum, nesterov=True, muon=0.2, sgd=1.0), lr, momentum
 
 
 def lr_factor(cfg: TrainConfig, epoch_float: float) -> float:
@@ -52,7 +92,7 @@ def set_lr(opt, cfg: TrainConfig, base_lr: float, momentum: float, epoch: int, s
     """Per-step learning rate: the epoch's decay factor, with a linear warm-up over the first ``warmup_steps``."""
     factor = lr_factor(cfg, epoch)
     for i, g in enumerate(opt.param_groups):
-        target = base_lr * factor
+        target = g.get("initial_lr", base_lr) * factor  # a group's own base (MuSGD's head groups: 3x)
         if step < warmup_steps:
             start = cfg.warmup_bias_lr if i == 0 else 0.0
             g["lr"] = start + (target - start) * step / warmup_steps

@@ -243,7 +243,10 @@ def build_optimization(cfg: RunConfig, run: Run, data: Data, models: Models) -> 
     n_batches = len(train_loader(cfg, run, data, 0))
     steps = min(n_batches, cfg.train.max_steps) if cfg.train.max_steps else n_batches
     accumulate = max(round(cfg.train.nbs / cfg.train.batch), 1)
-    optimizer, base_lr, momentum = build_optimizer([models.objective], cfg.train, len(data.class_names), accumulate)
+    optimizer, base_lr, momentum = build_optimizer([models.objective], cfg.train, len(data.class_names), accumulate,
+                                                   n_images=len(data.train.images))
+    log.info(f"optimizer: {type(optimizer).__name__} (train.optimizer={cfg.train.optimizer}), lr {base_lr:g}, "
+             f"momentum {momentum:g}")
     use_amp = cfg.train.amp and run.device.type == "cuda"
     if cfg.train.qat and run.resumed is None:  # activation ranges first: the EMA copy starts from them
         from ..deploy.qat import calibrate

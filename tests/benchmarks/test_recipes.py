@@ -110,7 +110,8 @@ def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fa
         for scheme in ("per_channel", "npu"):
             name, cmd = qat.qat_command(args, row, scheme, 0)
             overrides = [a for a in cmd[4:] if "=" in a]
-            cfg = _cfg([o for o in overrides if not o.startswith("kd.teacher=")], ROOT / "configs" / "cctv_student.yaml")
+            cfg = _cfg([o for o in overrides if not o.startswith("kd.teacher=")],
+                       ROOT / "configs" / "cctv_student.yaml")
             assert cfg.train.qat == ("" if row == "fp32_ft" else scheme) and cfg.train.epochs == 3
             assert cfg.data.mosaic == 0 and cfg.model.name == "s.pt"
             assert cmd[1].endswith("distill.py") == (row in ("qat_kd", "qat_self")), row
