@@ -343,6 +343,7 @@ def write_table(table: dict, last: int = 0) -> None:
     if last:
         print_last_epochs(records, last)
     print_gains(records)
+    print_tool_baselines(records)
     print(f"\nwritten {RESULTS}")
 
 
@@ -405,6 +406,26 @@ def print_gains(records: list[dict]) -> None:
     for key, ref, g in rows:
         print(f"| {key[0]} | {key[2]} | {key[4]} | {ref[4]} | {len(g.per_seed)} | {g.gain:+.4f} | "
               f"[{g.lo:+.4f}, {g.hi:+.4f}] | {'significant' if g.significant else 'not significant'} |")
+
+
+def print_tool_baselines(records: list[dict]) -> None:
+    """cvkd's baseline against ultralytics' (``yolo detect train``) at each schedule: the two tools' runs share no
+    seed, so Welch's interval over their runs (training seeds only; the val images are the same for both)."""
+    from cvkd.eval.bootstrap import unpaired_difference
+
+    groups, out = group_rows(records), []
+    for (epochs, imgsz, model, role, method, interp, pipe, teacher), rs in groups.items():
+        ul = groups.get((epochs, imgsz, model, "student", "ultralytics_none", "linear", "ultralytics", ""))
+        if role == "student" and method == "none" and ul and len(rs) > 1 and len(ul) > 1:
+            d, lo, hi = unpaired_difference([r["map"] for r in rs], [r["map"] for r in ul])
+            verdict = "cvkd below" if hi < 0 else "cvkd above" if lo > 0 else "not significant"
+            out.append(f"| {epochs} | {model} | {interp} | {pipe} | {len(rs)} vs {len(ul)} | {d:+.4f} | "
+                       f"[{lo:+.4f}, {hi:+.4f}] | {verdict} |")
+    if out:
+        print("\n| epochs | model | cvkd interp | cvkd pipeline | runs (cvkd vs ultralytics) | cvkd - ultralytics | "
+              "95 % interval (Welch, seeds) | |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(out))
 
 
 def main() -> None:

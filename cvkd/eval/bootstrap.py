@@ -157,6 +157,20 @@ def combine_interval(per_seed: list[float], image_means: np.ndarray, level: floa
     return g - half, g + half, sd_seed, sd_img
 
 
+def unpaired_difference(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean(a) - mean(b), lo, hi): Welch's interval for two groups of independent runs (e.g. two tools' baselines,
+    whose seeds share nothing), over training seeds only; at least 2 values each."""
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("an unpaired interval needs at least 2 runs of each group")
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    d = float(np.mean(a) - np.mean(b))
+    if va + vb == 0:
+        return d, d, d
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = t_quantile(df, level) * math.sqrt(va + vb)
+    return d, d - half, d + half
+
+
 def paired_gain(pairs: list[tuple[ImageMatches, ImageMatches]], n_boot: int = 2000, seed: int = 0,
                 level: float = 0.95) -> Gain:
     """A vs B over seeds: ``pairs`` = [(matches of A, matches of B) per seed], all on the same val images."""

@@ -171,3 +171,13 @@ def test_paired_gain_rows_from_kept_predictions(bench, monkeypatch, tmp_path, ca
     out = capsys.readouterr().out
     assert "| 30 | yolov8n | ws | none | 3 |" in out and "| significant |" in out
     assert "| 30 | yolov8n | all_joint_ws | ws | 2 | +0.0000 | [+0.0000, +0.0000] | not significant |" in out
+
+
+def test_the_two_tools_baselines_are_compared_with_welchs_interval(bench, capsys):
+    rows = [_row("student", "none", 30, s, m, f"runs/a/s{s}", pipeline="cvkd") for s, m in enumerate([0.30, 0.32, 0.31])]
+    rows += [_row("student", "ultralytics_none", 30, s, m, f"runs/u/s{s}", pipeline="ultralytics")
+             for s, m in enumerate([0.36, 0.37, 0.38])]
+    bench.write_table({bench.record_key(r): r for r in rows})
+    table = capsys.readouterr().out
+    # both groups have sd 0.01: se = 0.01 * sqrt(2/3), df = 4, t = 2.7764: half width 0.0227
+    assert "| 30 | yolov8n | linear | cvkd | 3 vs 3 | -0.0600 | [-0.0827, -0.0373] | cvkd below |" in table

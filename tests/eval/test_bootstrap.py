@@ -141,3 +141,19 @@ def test_compressed_detections_are_read_and_a_corrupt_file_is_one_line(tmp_path)
     (tmp_path / "bad.json.xz").write_bytes(b"not xz at all")
     with pytest.raises(DataError, match="bad.json.xz"):
         read_json(tmp_path / "bad.json.xz")
+
+
+def test_unpaired_difference_is_welchs_interval():
+    from scipy.stats import ttest_ind
+
+    from cvkd.eval.bootstrap import unpaired_difference
+
+    a, b = [0.3256, 0.3632, 0.3309, 0.3565], [0.3515, 0.3989, 0.3771]
+    d, lo, hi = unpaired_difference(a, b)
+    ref = ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert d == pytest.approx(sum(a) / 4 - sum(b) / 3) and (lo, hi) == pytest.approx((ref.low, ref.high))
+    # hand case: b constant, so df = n_a - 1 = 2 and the half width is t(2) * sd_a / sqrt(3) = 4.3027 / sqrt(3)
+    d, lo, hi = unpaired_difference([1.0, 2.0, 3.0], [0.0, 0.0])
+    assert d == 2.0 and hi - d == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)
+    with pytest.raises(ValueError):
+        unpaired_difference([1.0], [0.0, 1.0])
