@@ -1,0 +1,41 @@
+"""benchmarks/converged.py: the strong-teacher issue's convergence rule."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def converged(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    sys.modules.pop("converged", None)
+    import converged
+
+    return converged
+
+
+def test_rule_compares_the_last_tenth_with_the_tenth_before(converged):
+    rising = [0.1 * i for i in range(20)]  # 20 epochs: windows of 2, rise 0.2
+    assert converged.judge(rising) == (False, pytest.approx(1.85), pytest.approx(1.65), 2)
+    flat = [0.5] * 16 + [0.501, 0.503, 0.504, 0.506]  # rise (0.504 + 0.506 - 0.501 - 0.503) / 2 = 0.003
+    ok, last, before, n = converged.judge(flat)
+    assert ok and n == 2 and last - before == pytest.approx(0.003)
+    with pytest.raises(ValueError):
+        converged.judge([0.5])
+
+
+def test_cli_reads_ultralytics_csv_and_exits_1_when_not_converged(tmp_path):
+    shipped = ROOT / "checkpoints" / "cctv_yolov8s_320_e128_ultralytics.results.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "converged.py"), str(shipped)], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "rise +0.0133 -> not converged" in r.stdout
+    bad = tmp_path / "x.csv"
+    bad.write_text("epoch,loss\n1,2\n")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "converged.py"), str(bad)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.strip().startswith(f"error: {bad}: no 'map'") and "Traceback" not in r.stderr
