@@ -199,8 +199,6 @@ def load_teacher(cfg: RunConfig, device: torch.device, class_names: list[str]) -
 
 def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Callbacks) -> Models:
     device = run.device
-    if cfg.train.qat and run.d.enabled:
-        raise ConfigError("train.qat under torchrun is not supported yet: run QAT in one process")
     student = build_qat_student(cfg, class_names).to(device)
     teacher, distiller, bf16 = None, None, False
     if cfg.kd.teacher and cfg.kd.any_term:  # else no teacher pass
@@ -222,7 +220,10 @@ def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Ca
              f"classes {class_names}")
     objective = Objective(student, distiller, (lambda t: sum_across(run.d, t)) if run.d.enabled else None)
     # KD-only steps on unlabelled frames leave the detection-loss-only parts without gradients
-    step_fn = DDP(objective, find_unused_parameters=bool(cfg.data.unlabeled)) if run.d.enabled else objective
+    # broadcast_buffers: every forward starts from rank 0's buffers, QAT's activation ranges included, so all
+    # processes quantize with the same scales
+    step_fn = DDP(objective, find_unused_parameters=bool(cfg.data.unlabeled), broadcast_buffers=True) \
+        if run.d.enabled else objective
     return Models(student, teacher, distiller, bf16, objective, step_fn)
 
 

@@ -46,3 +46,23 @@ def test_qat_kd_smoke_then_int8_export(tiny_run, tmp_path):
                         "--calib", str(MINI / "images" / "val"), "--out", str(tmp_path / "e2")], capture_output=True, text=True,
                        env=env, timeout=600)
     assert r.returncode == 2 and "drop --int8" in r.stderr
+
+
+def test_qat_under_torchrun_keeps_the_processes_identical(tiny_run, tmp_path):
+    from cvkd.checkpoint import save_checkpoint
+    from cvkd.models import build_detector
+
+    m = build_detector("yolov8n.yaml", ["person"])
+    fp32 = tmp_path / "fp32.pt"
+    save_checkpoint(fp32, "detector", m.model.state_dict(), {"family": "yolo", "arch": m.arch_spec(),
+                                                            "class_names": ["person"]})
+    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           str(ROOT / "tools" / "train.py"), *tiny_run, "name=qat_ddp", "train.epochs=1", "train.device=cpu",
+           f"model.name={fp32}", "train.qat=npu", "train.qat_calib=1", "train.batch=2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (tmp_path / "runs" / "qat_ddp" / "train.log").read_text()
+    assert "2 processes" in log and "weights identical on all 2 processes: True" in log
+    ck = torch.load(tmp_path / "runs" / "qat_ddp" / "final.pt", map_location="cpu", weights_only=True)
+    assert ck["meta"]["qat"] == "npu" and any(k.endswith("act_in.seen") and v for k, v in ck["model"].items())
