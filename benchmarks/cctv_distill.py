@@ -401,10 +401,11 @@ def print_gains(records: list[dict]) -> None:
         rows.append((key, ref, g))
     if not rows:
         return
-    print("\n| epochs | model | row | compared with | seeds | gain (mean paired) | 95 % interval | |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| epochs | model | teacher | row | compared with | seeds | gain (mean paired) | 95 % interval | |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for key, ref, g in rows:
-        print(f"| {key[0]} | {key[2]} | {key[4]} | {ref[4]} | {len(g.per_seed)} | {g.gain:+.4f} | "
+        print(f"| {key[0]} | {key[2]} | {Path(key[7]).name} | {key[4]} | {ref[4]} | {len(g.per_seed)} | "
+              f"{g.gain:+.4f} | "
               f"[{g.lo:+.4f}, {g.hi:+.4f}] | {'significant' if g.significant else 'not significant'} |")
 
 

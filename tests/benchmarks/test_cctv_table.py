@@ -169,8 +169,8 @@ def test_paired_gain_rows_from_kept_predictions(bench, monkeypatch, tmp_path, ca
     monkeypatch.setattr("cvkd.data.load_coco", lambda js, images, cm: load_coco(js, None, cm, check_images=False))
     bench.print_gains(list(keys.values()))
     out = capsys.readouterr().out
-    assert "| 30 | yolov8n | ws | none | 3 |" in out and "| significant |" in out
-    assert "| 30 | yolov8n | all_joint_ws | ws | 2 | +0.0000 | [+0.0000, +0.0000] | not significant |" in out
+    assert "| 30 | yolov8n | t | ws | none | 3 |" in out and "| significant |" in out
+    assert "| 30 | yolov8n | t | all_joint_ws | ws | 2 | +0.0000 | [+0.0000, +0.0000] | not significant |" in out
 
 
 def test_the_two_tools_baselines_are_compared_with_welchs_interval(bench, capsys):
