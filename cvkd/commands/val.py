@@ -7,7 +7,7 @@ Score an existing predictions json (COCO results format: [{image_id, category_id
 
 Is A better than B? The paired gain over seeds, with a 95 % interval (seeds and val images):
 
-    cvkd val --gt data/cctv_people/val.json --pred kd_s0.json kd_s1.json kd_s2.json \
+    cvkd val --gt data/cctv_people/val.json --pred kd_s0.json kd_s1.json kd_s2.json \\
         --baseline base_s0.json base_s1.json base_s2.json
 
 Run a checkpoint (cvkd or ultralytics .pt) over a validation set:
