@@ -15,7 +15,7 @@ AUTO_MUSGD_STEPS = 10_000  # ultralytics' ``optimizer=auto`` picks MuSGD past th
 
 def build_optimizer(params_from: list[nn.Module], cfg: TrainConfig, num_classes: int, accumulate: int,
                     n_images: int = 0):
-    """Three groups: conv/linear weights (decayed), norm weights and biases (not decayed).
+    """AdamW/SGD: three groups, conv/linear weights (decayed), norm weights and biases (not decayed).
 
     ``auto`` follows ultralytics 8.4: AdamW with lr 0.002*5/(4+classes) for runs of up to 10,000 optimizer steps at the
     nominal batch (``n_images / max(batch, nbs) * epochs``), MuSGD (lr 0.01, momentum 0.9) past that. MuSGD
@@ -31,17 +31,13 @@ def build_optimizer(params_from: list[nn.Module], cfg: TrainConfig, num_classes:
         return _musgd(params_from, cfg, accumulate, lr=0.01 if cfg.optimizer == "auto" else cfg.lr,
                       momentum=0.9 if cfg.optimizer == "auto" else cfg.momentum)
     decay, no_decay, bias = [], [], []
-    for module in params_from:
-        for m in module.modules():
-            for name, p in m.named_parameters(recurse=False):
-                if not p.requires_grad:
-                    continue
-                if name == "bias":
-                    bias.append(p)
-                elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
-                    no_decay.append(p)
-                else:
-                    decay.append(p)
+    for m, name, p in _trainable(params_from):
+        if name == "bias":
+            bias.append(p)
+        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+            no_decay.append(p)
+        else:
+            decay.append(p)
     weight_decay = cfg.weight_decay * cfg.batch * accumulate / cfg.nbs
     if optimizer in ("auto", "adamw"):
         lr = round(0.002 * 5 / (4 + num_classes), 6) if optimizer == "auto" else cfg.lr
@@ -57,6 +53,15 @@ def build_optimizer(params_from: list[nn.Module], cfg: TrainConfig, num_classes:
     return opt, lr, momentum
 
 
+def _trainable(params_from: list[nn.Module]):
+    """(module, name, parameter) of every parameter that trains, each once per module that owns it."""
+    for module in params_from:
+        for m in module.modules():
+            for name, p in m.named_parameters(recurse=False):
+                if p.requires_grad:
+                    yield m, name, p
+
+
 def _musgd(params_from: list[nn.Module], cfg: TrainConfig, accumulate: int, lr: float, momentum: float):
     from ultralytics.nn.modules import Detect
     from ultralytics.optim import MuSGD
@@ -67,14 +72,10 @@ def _musgd(params_from: list[nn.Module], cfg: TrainConfig, accumulate: int, lr: 
     weight_decay = cfg.weight_decay * cfg.batch * accumulate / cfg.nbs
     # (muon, decay, scale) -> params: bias, norm weights, then Muon's matrices and filters, each plain and 3x
     groups: dict[tuple[bool, float, float], list] = {}
-    for module in params_from:
-        for m in module.modules():
-            for name, p in m.named_parameters(recurse=False):
-                if not p.requires_grad:
-                    continue
-                muon = p.ndim in (2, 4)
-                decay = weight_decay if muon else 0.0  # biases and norm weights: no decay
-                groups.setdefault((muon, decay, 3.0 if id(p) in boosted else 1.0), []).append(p)
+    for _, _, p in _trainable(params_from):
+        muon = p.ndim in (2, 4)
+        decay = weight_decay if muon else 0.0  # biases and norm weights: no decay
+        groups.setdefault((muon, decay, 3.0 if id(p) in boosted else 1.0), []).append(p)
     params = [{"params": ps, "lr": lr * scale, "initial_lr": lr * scale, "momentum": momentum, "nesterov": True,
                "weight_decay": decay, "use_muon": muon} for (muon, decay, scale), ps in sorted(groups.items())]
     return MuSGD(params, lr=lr, momentum=momentum, nesterov=True, muon=0.2, sgd=1.0), lr, momentum
