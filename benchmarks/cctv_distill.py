@@ -59,7 +59,9 @@ COLUMNS = ["model", "role", "method", "seed", "imgsz", "epochs", "params_m", "gf
            "sec_per_epoch", "interp", "pipeline", "teacher", "run", "map_last5"]
 # interp: how training images were shrunk to imgsz (cvkd's data.train_interp; ultralytics always uses linear).
 # pipeline: whose training-data pipeline fed the run: cvkd's own or ultralytics' (cvkd's data.pipeline=ultralytics;
-# always so for the ultralytics rows). The teacher rows are always trained on cvkd's pipeline.
+# always so for the ultralytics rows). cvkd_v1 is cvkd's own before 2026-12-06, whose mosaic translation was twice
+# ultralytics' (+-10 % of the 2S canvas instead of the S output, docs/cctv.md); runs of the fixed one ("cvkd") end in
+# _v2_s<seed>, so that their kept predictions do not replace those of the v1 runs of the same row and seed.
 # map_last5: mean val mAP of the run's last 5 epochs (its per-epoch log), a steadier check than the final epoch; for
 # the ultralytics rows that log is ultralytics' own val, which scores ~0.02 lower than cvkd's: compare within a tool.
 # teacher: the teacher run of a distilled row. gap_closed compares a row with its own tool's baseline trained with
@@ -206,8 +208,8 @@ def score_cvkd(run: Path, args) -> dict:
 def run_name(row: str, seed: int, interp: str, student: str = DEFAULT_STUDENT, pipeline: str = "cvkd") -> str:
     """Run folder of a cvkd row; area runs keep the names they had before linear became the default; other students
     than YOLOv8n get their model name in front (``timm_mobilenetv3_small_100_all_sw_area_s0``); runs on ultralytics'
-    data pipeline end in ``_ulpipe_s<seed>``."""
-    pipe = "_ulpipe" if pipeline == "ultralytics" else ""
+    data pipeline end in ``_ulpipe_s<seed>``, those on cvkd's pipeline as fixed on 2026-12-06 in ``_v2_s<seed>``."""
+    pipe = {"ultralytics": "_ulpipe", "cvkd": "_v2"}.get(pipeline, "")
     if student != DEFAULT_STUDENT:
         return f"{student.replace(':', '_').replace('/', '_')}_{row}_{interp}{pipe}_s{seed}"
     return f"{row}{pipe}_s{seed}" if interp == "area" else f"{row}_{interp}{pipe}_s{seed}"
@@ -215,8 +217,8 @@ def run_name(row: str, seed: int, interp: str, student: str = DEFAULT_STUDENT, p
 
 def pipeline_of(r: dict) -> str:
     """Rows written before the pipeline column existed: the ultralytics rows ran on ultralytics' pipeline, the
-    others on cvkd's."""
-    return r.get("pipeline") or ("ultralytics" if r["method"].startswith("ultralytics") else "cvkd")
+    others on cvkd's first one."""
+    return r.get("pipeline") or ("ultralytics" if r["method"].startswith("ultralytics") else "cvkd_v1")
 
 
 def rel_run(run: str) -> str:
@@ -480,6 +482,7 @@ def main() -> None:
     # the 30-epoch runs keep their folder; another schedule gets its own (runs/bench_cctv_e100)
     args.out = args.out or str(ROOT / "runs" / (DS["out"] + ("" if args.epochs == 30 else f"_e{args.epochs}")))
     if args.table_only:
+        ensure_data()  # the paired gains score the kept predictions against the val json
         write_table(load_records(), args.last)
         return
     ensure_data()
@@ -497,8 +500,9 @@ def main() -> None:
             sys.exit(f"error: {args.teacher_weights}: teacher weights not found")
         # the teacher run of this schedule's folder, or of another schedule's (a 60-epoch student from the teacher
         # trained for the 30-epoch table)
-        named = sorted(r["run"] for r in table.values()
-                       if r["role"] == "teacher" and Path(r["run"]).name == teacher_run.name)
+        # (teachers trained on cvkd's first pipeline keep their names: teacher_rerun_linear_s0)
+        names = {teacher_run.name, run_name(args.teacher, 0, args.interp, pipeline="cvkd_v1")}
+        named = sorted(r["run"] for r in table.values() if r["role"] == "teacher" and Path(r["run"]).name in names)
         teacher_pt = Path(args.teacher_weights)
         if args.teacher_epochs:  # a teacher trained elsewhere (e.g. by ultralytics' trainer): its own row, once
             teacher_rel = rel_run(str(teacher_pt.resolve()))

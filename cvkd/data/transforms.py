@@ -86,10 +86,13 @@ def hsv_jitter(img: np.ndarray, rng: np.random.Generator, hgain: float, sgain: f
 
 def geometric_pipeline(size: int, scale: float, translate: float, fliplr: float, crop: bool) -> A.Compose:
     """Random scale/translate (Affine, gray fill) and horizontal flip; ``crop`` adds a centre crop to ``size``
-    (mosaic canvases are 2 * size). Boxes: pascal_voc xyxy pixels, ``labels`` field, tiny/hidden boxes dropped."""
+    (mosaic canvases are 2 * size). The shift is at most ``translate * size`` pixels either way in both cases, as in
+    ultralytics' ``random_perspective``. Boxes: pascal_voc xyxy pixels, ``labels`` field, tiny/hidden boxes dropped."""
+    # Affine's translate_percent is a fraction of the image it is given: half of it on a 2 * size mosaic canvas
+    shift = translate / 2 if crop else translate
     ops = [
         A.Affine(scale=(1 - scale, 1 + scale), keep_ratio=True,
-                 translate_percent={"x": (-translate, translate), "y": (-translate, translate)},
+                 translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
                  interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_CONSTANT, fill=(PAD_VALUE,) * 3, p=1.0),
         A.HorizontalFlip(p=fliplr),
     ]

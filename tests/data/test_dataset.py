@@ -207,3 +207,24 @@ def test_embedded_demo_set():
     assert len(set(frames)) == len(frames)  # one copy per source frame
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert size <= 12e6
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_translation_is_a_fraction_of_the_output_size(crop):
+    """The shift is +-translate * S for a plain S image and for a 2S mosaic canvas alike (ultralytics' rule); a shift
+    of a fraction of the 2S canvas would reach twice as far."""
+    from cvkd.data.transforms import apply_geometric, geometric_pipeline
+
+    size, translate = 64, 0.1
+    side = 2 * size if crop else size
+    img = np.full((side, side, 3), 114, np.uint8)
+    c = side / 2
+    box = np.array([[c - 4, c - 4, c + 4, c + 4]], np.float32)  # (1, 4) an 8 px box at the centre
+    pipe = geometric_pipeline(size, 0.0, translate, 0.0, crop=crop)
+    shifts = []
+    for seed in range(200):
+        _, b, _ = apply_geometric(pipe, img, box, np.array([0]), seed)
+        out_c = size / 2 if crop else c  # the centre crop moves the canvas centre to the output centre
+        shifts.append(np.abs((b[0, :2] + b[0, 2:]) / 2 - out_c).max())
+    assert max(shifts) <= translate * size + 0.5
+    assert max(shifts) > 0.7 * translate * size  # it does translate, up to near the limit
