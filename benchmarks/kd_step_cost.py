@@ -2,14 +2,17 @@
 
 Runs tools/train.py (configs/cctv_student.yaml) and tools/distill.py (configs/cctv_distill.yaml as the all_sw recipe)
 for ``--steps`` steps of one epoch each, with the teacher's forward pass in fp32 and in bf16 + channels_last
-(``kd.teacher_precision``; bf16 only where the CPU has native bf16, else that row says so). Settings are interleaved
+(``kd.teacher_precision``; bf16 only where the CPU has native bf16, else that row says so), and with the student's
+and teacher's convolutions on channels-last (NHWC, ``train.channels_last``, the default) or on contiguous NCHW
+memory (the ``_nchw`` rows). Settings are interleaved
 ``--repeats`` times so that they share the machine's load alike; the table gives the median seconds per training
 step (data loading included, evaluation not) and the ratio to the baseline.
 
     python benchmarks/kd_step_cost.py --steps 20 --repeats 3 --threads 1
     python benchmarks/kd_step_cost.py --teacher-pass     # the teacher's pass alone: time and bf16 error, no CSV
 
-Writes benchmarks/results/kd_step_cost.csv (setting,teacher_precision,repeat,steps,sec_per_step,threads,device).
+Writes benchmarks/results/kd_step_cost.csv (setting,teacher_precision,channels_last,repeat,steps,sec_per_step,threads,
+device).
 """
 from __future__ import annotations
 
@@ -30,20 +33,23 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 from cctv_distill import ALL_SW, ensure_data  # noqa: E402  (converts the CCTV set to COCO json once)
 
 RESULTS = ROOT / "benchmarks" / "results" / "kd_step_cost.csv"
-COLUMNS = ["setting", "teacher_precision", "repeat", "steps", "sec_per_step", "threads", "device"]
-SETTINGS = {  # name: (tool, config, kd.teacher_precision)
-    "baseline": ("train.py", "cctv_student.yaml", ""),
-    "kd_fp32_teacher": ("distill.py", "cctv_distill.yaml", "fp32"),
-    "kd_bf16_teacher": ("distill.py", "cctv_distill.yaml", "bf16"),
+COLUMNS = ["setting", "teacher_precision", "channels_last", "repeat", "steps", "sec_per_step", "threads", "device"]
+SETTINGS = {  # name: (tool, config, kd.teacher_precision, train.channels_last)
+    "baseline": ("train.py", "cctv_student.yaml", "", True),
+    "baseline_nchw": ("train.py", "cctv_student.yaml", "", False),
+    "kd_fp32_teacher": ("distill.py", "cctv_distill.yaml", "fp32", True),
+    "kd_fp32_teacher_nchw": ("distill.py", "cctv_distill.yaml", "fp32", False),
+    "kd_bf16_teacher": ("distill.py", "cctv_distill.yaml", "bf16", True),
 }
 
 
 def run_once(args, name: str, out: Path) -> float:
     from cvkd.engine.report import read_rows
 
-    tool, config, precision = SETTINGS[name]
+    tool, config, precision, channels_last = SETTINGS[name]
     cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config), f"out={out}",
-           f"name={name}", "train.epochs=1", f"train.max_steps={args.steps}", f"train.threads={args.threads}"]
+           f"name={name}", "train.epochs=1", f"train.max_steps={args.steps}", f"train.threads={args.threads}",
+           f"train.channels_last={str(channels_last).lower()}"]
     if precision:
         cmd += [f"kd.teacher={args.teacher}", f"kd.teacher_precision={precision}", *ALL_SW]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -53,35 +59,39 @@ def run_once(args, name: str, out: Path) -> float:
 
 
 def teacher_pass(args) -> None:
-    """Time the teacher's forward pass alone (a batch of 16 random 320 px images) in fp32 and in bf16 +
-    channels_last, and how far the bf16 outputs are from the fp32 ones."""
+    """Time the teacher's forward pass alone (a batch of 16 random 320 px images) in fp32 on NCHW and on channels-last
+    memory and in bf16 + channels_last (emulated where the CPU has no bf16 instructions), and how far the bf16 outputs
+    are from the fp32 ones."""
     import copy
     import time
 
     import torch
 
-    from cvkd.engine.distill import teacher_forward
+    from cvkd.engine.distill import cpu_bf16_teacher, teacher_forward
     from cvkd.models import load_detector
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t32 = load_detector(args.teacher, "cpu").eval()
-    t16 = copy.deepcopy(t32).to(memory_format=torch.channels_last)
+    t_cl = copy.deepcopy(t32).to(memory_format=torch.channels_last)
     img = torch.rand(16, 3, 320, 320)
+    img_cl = img.contiguous(memory_format=torch.channels_last)
 
-    def timed(t, bf16: bool):
-        teacher_forward(t, img, bf16)  # warm-up
+    def timed(t, x, bf16: bool):
+        teacher_forward(t, x, bf16)  # warm-up
         t0 = time.perf_counter()
         for _ in range(3):
-            out = teacher_forward(t, img, bf16)
+            out = teacher_forward(t, x, bf16)
         return (time.perf_counter() - t0) / 3, out
 
-    (sec32, ref), (sec16, out) = timed(t32, False), timed(t16, True)
+    (sec32, ref), (sec_cl, _), (sec16, out) = timed(t32, img, False), timed(t_cl, img_cl, False), timed(t_cl, img, True)
+    native = "native" if cpu_bf16_teacher("auto", torch.device("cpu")) else "emulated"
     score = (ref.cls_logits.sigmoid() - out.cls_logits.sigmoid()).abs().max().item()
     feat = [f"{((a - b).norm() / a.norm()).item():.4f}" for a, b in zip(ref.feats, out.feats)]
-    print(f"teacher pass, batch 16 at 320 px, {args.threads} thread(s): fp32 {sec32:.3f} s, bf16 + channels_last "
-          f"{sec16:.3f} s ({sec32 / sec16:.2f}x); max score difference {score:.4f}; feature relative error per "
-          f"level {' / '.join(feat)}")
+    print(f"teacher pass, batch 16 at 320 px, {args.threads} thread(s): fp32 {sec32:.3f} s, fp32 + channels_last "
+          f"{sec_cl:.3f} s ({sec32 / sec_cl:.2f}x), bf16 ({native}) + channels_last {sec16:.3f} s "
+          f"({sec32 / sec16:.2f}x); max score difference {score:.4f}; feature relative error per level "
+          f"{' / '.join(feat)}")
 
 
 def main() -> None:
@@ -113,7 +123,8 @@ def main() -> None:
             for name in names:
                 sec = run_once(args, name, Path(tmp) / f"r{rep}")
                 print(f"repeat {rep}: {name} {sec:.3f} s/step", flush=True)
-                rows.append({"setting": name, "teacher_precision": SETTINGS[name][2], "repeat": rep,
+                rows.append({"setting": name, "teacher_precision": SETTINGS[name][2],
+                             "channels_last": SETTINGS[name][3], "repeat": rep,
                              "steps": args.steps, "sec_per_step": f"{sec:.4f}", "threads": args.threads,
                              "device": device})
     results = Path(args.results)

@@ -84,6 +84,8 @@ class TrainConfig:
     ema_decay: float = setting(0.9999, "EMA decay (ramped up over the first ~2000 updates)")
     clip_grad: float = setting(10.0, "clip the gradient norm to this value (0 = off)")
     amp: bool = setting(True, "mixed precision on CUDA (ignored on CPU)")
+    channels_last: bool = setting(True, "channels-last (NHWC) memory for the student's, the teacher's and the KD "
+                                  "adapters' convolutions: on CPU (oneDNN) a YOLOv8n training step ~35 % faster")
     seed: int = setting(0, "random seed (data order, augmentation, initialisation)")
     deterministic: bool = setting(True, "use deterministic algorithms where available")
     device: str = setting("auto", "auto, cpu, cuda, cuda:1 ...")

@@ -190,8 +190,9 @@ def load_teacher(cfg: RunConfig, device: torch.device, class_names: list[str]) -
         p.requires_grad_(False)
     teacher = map_teacher(teacher, class_names, cfg.kd.teacher_classes).eval()  # the student's classes
     bf16 = cpu_bf16_teacher(cfg.kd.teacher_precision, device, teacher.bf16_teacher)
-    if bf16:
+    if bf16 or cfg.train.channels_last:
         teacher.to(memory_format=torch.channels_last)
+    if bf16:
         log.info("teacher forward pass in bf16 autocast + channels_last (kd.teacher_precision)")
     log.info(f"teacher {cfg.kd.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M params)")
     return teacher, bf16
@@ -219,6 +220,8 @@ def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Ca
     log.info(f"student {cfg.model.name} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f} M params), "
              f"classes {class_names}")
     objective = Objective(student, distiller, (lambda t: sum_across(run.d, t)) if run.d.enabled else None)
+    if cfg.train.channels_last:  # the same Parameter objects, NHWC strides (the optimizer is built after this)
+        objective.to(memory_format=torch.channels_last)
     # KD-only steps on unlabelled frames leave the detection-loss-only parts without gradients
     # broadcast_buffers: every forward starts from rank 0's buffers, QAT's activation ranges included, so all
     # processes quantize with the same scales
@@ -298,7 +301,9 @@ def _cycle(loader):
 def train_step(cfg: RunConfig, run: Run, models: Models, optim: Optimization, batch: dict, unl_iter, kd_factor: float,
                epoch: int, i: int) -> dict:
     """One labelled batch (and one unlabelled batch with soft-label KD): forward, backward; returns the loss terms."""
-    img = batch["img"].to(run.device, non_blocking=True)
+    img = batch["img"].to(run.device, non_blocking=True)  # (B, 3, S, S)
+    if cfg.train.channels_last:
+        img = img.contiguous(memory_format=torch.channels_last)
     with torch.autocast(run.device.type, enabled=optim.use_amp):
         out_t = teacher_forward(models.teacher, img, models.teacher_bf16) if models.teacher is not None else None
         total, terms = models.step_fn(img, batch, out_t, kd_factor)
@@ -311,7 +316,9 @@ def train_step(cfg: RunConfig, run: Run, models: Models, optim: Optimization, ba
         log.info(f"first step loss {first:.6f} (per image, mean over processes): {parts}")
     optim.scaler.scale(total * run.d.world).backward()  # DDP averages gradients over processes: undo it
     if unl_iter is not None:  # soft-label KD on an unlabelled batch; gradients accumulate with the labelled ones
-        img_u = next(unl_iter)["img"].to(run.device, non_blocking=True)
+        img_u = next(unl_iter)["img"].to(run.device, non_blocking=True)  # (B, 3, S, S)
+        if cfg.train.channels_last:
+            img_u = img_u.contiguous(memory_format=torch.channels_last)
         with torch.autocast(run.device.type, enabled=optim.use_amp):
             out_tu = teacher_forward(models.teacher, img_u, models.teacher_bf16)
             pseudo = teacher_as_ground_truth(models.teacher, out_tu, img_u, cfg.data.pseudo_conf)

@@ -42,8 +42,8 @@ def test_gap_closed_uses_the_baseline_and_teacher_of_the_same_schedule(bench, ca
     assert float(got[(30, "distilled", 0)]["gap_closed"]) == pytest.approx((0.36 - 0.31) / (0.40 - 0.31), abs=1e-4)
     assert float(got[(100, "distilled", 0)]["gap_closed"]) == pytest.approx(0.5, abs=1e-4)
     table = capsys.readouterr().out
-    assert "| 30 | yolov8n | student | none | linear | cvkd |  | 2 | 0.3100 +- 0.0141 |" in table
-    assert "| 100 | yolov8n | student | none | linear | cvkd |  | 1 | 0.4000 +- 0.0000 |" in table
+    assert "| 30 | yolov8n | student | none | linear | cvkd_v1 |  | 2 | 0.3100 +- 0.0141 |" in table
+    assert "| 100 | yolov8n | student | none | linear | cvkd_v1 |  | 1 | 0.4000 +- 0.0000 |" in table
 
 
 def test_record_key_separates_schedules(bench):
@@ -97,7 +97,7 @@ def test_two_teachers_of_one_config_are_two_rows_each_with_its_distilled_rows(be
     assert float(got["runs/a/kd0"]["gap_closed"]) == pytest.approx(0.5, abs=1e-4)
     assert float(got["runs/a/kd0_rerun"]["gap_closed"]) == pytest.approx(0.4, abs=1e-4)
     table = capsys.readouterr().out
-    assert "| teacher | none | linear | cvkd | teacher_rerun_linear_s0 | 1 | 0.4500 +- 0.0000 |" in table
+    assert "| teacher | none | linear | cvkd_v1 | teacher_rerun_linear_s0 | 1 | 0.4500 +- 0.0000 |" in table
 
 
 def test_gap_closed_is_empty_when_the_teacher_is_no_better_than_the_baseline(bench, capsys):
@@ -111,7 +111,7 @@ def test_gap_closed_is_empty_when_the_teacher_is_no_better_than_the_baseline(ben
     with bench.RESULTS.open() as f:
         got = {r["role"]: r for r in csv.DictReader(f)}
     assert got["distilled"]["gap_closed"] == ""
-    assert "| 60 | yolov8n | distilled | ws | linear | cvkd | teacher | 1 | 0.5800 +- 0.0000 | 0.5000 | nan |" \
+    assert "| 60 | yolov8n | distilled | ws | linear | cvkd_v1 | teacher | 1 | 0.5800 +- 0.0000 | 0.5000 | nan |" \
         in capsys.readouterr().out
 
 
@@ -181,3 +181,18 @@ def test_the_two_tools_baselines_are_compared_with_welchs_interval(bench, capsys
     table = capsys.readouterr().out
     # both groups have sd 0.01: se = 0.01 * sqrt(2/3), df = 4, t = 2.7764: half width 0.0227
     assert "| 30 | yolov8n | linear | cvkd | 3 vs 3 | -0.0600 | [-0.0827, -0.0373] | cvkd below |" in table
+
+
+def test_rows_of_the_two_cvkd_pipelines_are_kept_apart(bench, capsys):
+    """Runs on the fixed cvkd pipeline get their own folder names (so their kept predictions do not replace those of
+    the same row and seed on the first pipeline), and their rows their own baseline and mean."""
+    assert bench.run_name("student", 1, "linear", pipeline="cvkd") == "student_linear_v2_s1"
+    assert bench.run_name("student", 1, "linear", pipeline="cvkd_v1") == "student_linear_s1"
+    assert bench.run_name("student", 1, "linear", pipeline="ultralytics") == "student_linear_ulpipe_s1"
+    rows = [_row("student", "none", 30, 0, 0.30, "runs/a/student_linear_s0"),  # no pipeline column: the first one
+            _row("student", "none", 30, 0, 0.40, "runs/a/student_linear_v2_s0", pipeline="cvkd")]
+    bench.write_table({bench.record_key(r): r for r in rows})
+    with bench.RESULTS.open() as f:
+        assert sorted(r["pipeline"] for r in csv.DictReader(f)) == ["cvkd", "cvkd_v1"]
+    table = capsys.readouterr().out
+    assert "| linear | cvkd_v1 |  | 1 | 0.3000 +- 0.0000 |" in table and "| linear | cvkd |  | 1 | 0.4000 +- 0.0000 |" in table

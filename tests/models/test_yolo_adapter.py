@@ -228,6 +228,19 @@ def test_gt_feature_mask_weighs_background_by_feature_bg():
     assert not torch.allclose(loss, torch.stack(plain).mean(), rtol=1e-3)
 
 
+@pytest.mark.parametrize("avx512_bf16,amx", [(False, False), (True, False), (False, True)])
+def test_auto_teacher_precision_asks_for_native_bf16(monkeypatch, avx512_bf16, amx):
+    """kd.teacher_precision=auto picks bf16 only where the CPU has bf16 instructions: oneDNN also says "supported"
+    where it emulates bf16 on AVX-512, which made the teacher's pass ~3x slower than fp32."""
+    from cvkd.engine.distill import cpu_bf16_teacher
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: True)
+    assert cpu_bf16_teacher("auto", torch.device("cpu")) == (avx512_bf16 or amx)
+    assert cpu_bf16_teacher("bf16", torch.device("cpu")) and not cpu_bf16_teacher("fp32", torch.device("cpu"))
+
+
 def test_bf16_teacher_forward_matches_fp32_and_feeds_every_term():
     """kd.teacher_precision: the bf16 + channels_last teacher pass returns contiguous fp32 outputs close to the fp32
     pass, carries no gradient, and every KD term computed from it is close to the fp32 one."""
