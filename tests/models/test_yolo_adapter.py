@@ -231,7 +231,7 @@ def test_gt_feature_mask_weighs_background_by_feature_bg():
 @pytest.mark.parametrize("avx512_bf16,amx", [(False, False), (True, False), (False, True)])
 def test_auto_teacher_precision_asks_for_native_bf16(monkeypatch, avx512_bf16, amx):
     """kd.teacher_precision=auto picks bf16 only where the CPU has bf16 instructions: oneDNN also says "supported"
-    where it emulates bf16 on AVX-512, which made the teacher's pass ~3x slower than fp32."""
+    where it emulates bf16 on AVX-512, which made the teacher's pass ~2x slower than fp32."""
     from cvkd.engine.distill import cpu_bf16_teacher
 
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
