@@ -59,10 +59,13 @@ def run_once(args, name: str, out: Path) -> float:
 
 
 def teacher_pass(args) -> None:
-    """Time the teacher's forward pass alone (a batch of 16 random 320 px images) in fp32 on NCHW and on channels-last
-    memory and in bf16 + channels_last (emulated where the CPU has no bf16 instructions), and how far the bf16 outputs
-    are from the fp32 ones."""
+    """Time the teacher's forward pass alone (a batch of 16 random 320 px images): fp32 on NCHW and on channels-last
+    memory, fp32 on channels-last with BatchNorm folded into the convolutions (what the trainer runs), and bf16 +
+    channels_last (emulated where the CPU has no bf16 instructions). The settings take turns (``--repeats`` rounds
+    of 3 passes each, median per setting), so load from other processes hits them alike. Also prints how far the
+    folded and bf16 outputs are from fp32."""
     import copy
+    import statistics
     import time
 
     import torch
@@ -74,24 +77,36 @@ def teacher_pass(args) -> None:
     torch.manual_seed(0)
     t32 = load_detector(args.teacher, "cpu").eval()
     t_cl = copy.deepcopy(t32).to(memory_format=torch.channels_last)
+    t_fold = copy.deepcopy(t32)
+    t_fold.fold_batchnorm()
+    t_fold.to(memory_format=torch.channels_last)
     img = torch.rand(16, 3, 320, 320)
     img_cl = img.contiguous(memory_format=torch.channels_last)
+    settings = {"fp32": (t32, img, False), "fp32 + channels_last": (t_cl, img_cl, False),
+                "fp32 + channels_last + folded BN": (t_fold, img_cl, False), "bf16 + channels_last": (t_cl, img, True)}
+    outs = {name: teacher_forward(*s) for name, s in settings.items()}  # warm-up, and the outputs compared below
+    secs = {name: [] for name in settings}
+    for _ in range(args.repeats):
+        for name, s in settings.items():
+            for _ in range(3):
+                t0 = time.perf_counter()
+                teacher_forward(*s)
+                secs[name].append(time.perf_counter() - t0)
+    med = {name: statistics.median(v) for name, v in secs.items()}
+    ref = outs["fp32"]
 
-    def timed(t, x, bf16: bool):
-        teacher_forward(t, x, bf16)  # warm-up
-        t0 = time.perf_counter()
-        for _ in range(3):
-            out = teacher_forward(t, x, bf16)
-        return (time.perf_counter() - t0) / 3, out
+    def max_score_diff(out) -> float:
+        return (ref.cls_logits.sigmoid() - out.cls_logits.sigmoid()).abs().max().item()
 
-    (sec32, ref), (sec_cl, _), (sec16, out) = timed(t32, img, False), timed(t_cl, img_cl, False), timed(t_cl, img, True)
     native = "native" if cpu_bf16_teacher("auto", torch.device("cpu")) else "emulated"
-    score = (ref.cls_logits.sigmoid() - out.cls_logits.sigmoid()).abs().max().item()
-    feat = [f"{((a - b).norm() / a.norm()).item():.4f}" for a, b in zip(ref.feats, out.feats)]
-    print(f"teacher pass, batch 16 at 320 px, {args.threads} thread(s): fp32 {sec32:.3f} s, fp32 + channels_last "
-          f"{sec_cl:.3f} s ({sec32 / sec_cl:.2f}x), bf16 ({native}) + channels_last {sec16:.3f} s "
-          f"({sec32 / sec16:.2f}x); max score difference {score:.4f}; feature relative error per level "
-          f"{' / '.join(feat)}")
+    print(f"teacher pass, batch 16 at 320 px, {args.threads} thread(s), median of {3 * args.repeats}; bf16 is "
+          f"{native} on this CPU")
+    for name in settings:
+        print(f"  {name:34s} {med[name]:.3f} s ({med['fp32'] / med[name]:.2f}x fp32), max score difference "
+              f"{max_score_diff(outs[name]):.1e}")
+    bf16 = outs["bf16 + channels_last"]
+    feat = [f"{((a - b).norm() / a.norm()).item():.4f}" for a, b in zip(ref.feats, bf16.feats)]
+    print(f"  bf16 feature relative error per level {' / '.join(feat)}")
 
 
 def main() -> None:

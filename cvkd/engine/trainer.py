@@ -190,8 +190,6 @@ def load_teacher(cfg: RunConfig, device: torch.device, class_names: list[str]) -
         p.requires_grad_(False)
     teacher = map_teacher(teacher, class_names, cfg.kd.teacher_classes).eval()  # the student's classes
     bf16 = cpu_bf16_teacher(cfg.kd.teacher_precision, device, teacher.bf16_teacher)
-    if bf16 or cfg.train.channels_last:
-        teacher.to(memory_format=torch.channels_last)
     if bf16:
         log.info("teacher forward pass in bf16 autocast + channels_last (kd.teacher_precision)")
     log.info(f"teacher {cfg.kd.teacher} ({sum(p.numel() for p in teacher.parameters()) / 1e6:.2f} M params)")
@@ -217,6 +215,12 @@ def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Ca
         else:
             larger = load_detector(src, device)
         start_from(student, larger, src, select=True)  # class rows by name (or through kd.teacher_classes)
+    if teacher is not None:  # after weight selection, which copies the teacher's unfolded BN layers
+        folded = teacher.fold_batchnorm()
+        if folded:
+            log.info(f"teacher: {folded} BatchNorm layers folded into their convolutions (a frozen forward pass)")
+        if bf16 or cfg.train.channels_last:
+            teacher.to(memory_format=torch.channels_last)
     log.info(f"student {cfg.model.name} ({sum(p.numel() for p in student.parameters()) / 1e6:.2f} M params), "
              f"classes {class_names}")
     objective = Objective(student, distiller, (lambda t: sum_across(run.d, t)) if run.d.enabled else None)

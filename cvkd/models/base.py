@@ -70,6 +70,12 @@ class DetectorAdapter(nn.Module):
     def start_epoch(self, epoch: int, epochs: int) -> None:
         """Called by the trainer before each epoch (0-based): for losses with an epoch schedule (YOLO26's E2E)."""
 
+    def fold_batchnorm(self) -> int:
+        """Fold each BatchNorm into the convolution before it, for a frozen eval-mode model (a teacher): the same
+        outputs up to float rounding, one pass over memory fewer per layer. Returns how many were folded; families
+        without a known conv -> BN -> activation block fold none."""
+        return 0
+
     def feature_channels(self, imgsz: int = 64) -> list[int]:
         was_training = self.training
         self.eval()

@@ -80,6 +80,9 @@ class ClassMappedTeacher(DetectorAdapter):
     def feature_channels(self, imgsz: int = 64) -> list[int]:
         return self.teacher.feature_channels(imgsz)
 
+    def fold_batchnorm(self) -> int:
+        return self.teacher.fold_batchnorm()
+
     def predict(self, img: Tensor, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
                 out: DetOutputs | None = None) -> list[dict[str, Tensor]]:
         """Class-aware NMS on the merged classes (the one-to-many branch of an end-to-end teacher)."""

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: no version checks, no downloads
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..losses import dfl_expectation
 from .base import Assignment, DetectorAdapter, DetOutputs, ModelError
@@ -120,6 +120,21 @@ class YoloAdapter(DetectorAdapter):
             model = DetectionModel(dict(spec["yaml"]), nc=len(class_names), verbose=False)
             return cls(model, class_names, spec)
         return cls.from_name(spec["name"], class_names, spec.get("width"), spec.get("depth"))
+
+    def fold_batchnorm(self) -> int:
+        from torch.nn.utils.fusion import fuse_conv_bn_eval
+        from ultralytics.nn.modules.conv import Conv, DWConv
+
+        if self.training:
+            raise ModelError("fold_batchnorm is for a frozen model in eval mode (the BN statistics must not move)")
+        folded = 0
+        for m in self.model.modules():
+            # exactly act(bn(conv(x))): subclasses such as Conv2 add a branch before the BN and must stay unfolded
+            if type(m) in (Conv, DWConv) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d):
+                m.conv = fuse_conv_bn_eval(m.conv, m.bn)
+                m.bn = nn.Identity()
+                folded += 1
+        return folded
 
     # ------------------------------------------------------------------ forward
     def _decode(self, branch: dict, anchor_points: Tensor, stride_t: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:

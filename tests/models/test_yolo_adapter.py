@@ -270,3 +270,24 @@ def test_bf16_teacher_forward_matches_fp32_and_feeds_every_term():
         assert torch.isfinite(terms[k]) and abs(float((terms[k] - terms_ref[k]).detach())) < 0.05 * abs(float(terms_ref[k].detach())) + 1e-4, k
     sum(terms.values()).backward()
     assert all(p.grad is None for p in t_cl.parameters())
+
+
+@pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo26n.yaml"])
+def test_folding_batchnorm_keeps_the_teachers_outputs(name):
+    torch.manual_seed(0)
+    m = build_detector(name, ["person"])
+    for bn in (x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)):  # statistics far from identity
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5)
+    with pytest.raises(ModelError, match="eval mode"):
+        m.train().fold_batchnorm()
+    m.eval()
+    x = torch.rand(2, 3, IMG, IMG)
+    with torch.no_grad():
+        before = m(x)
+        assert m.fold_batchnorm() > 50
+        after = m(x)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    for a, b in zip(before.feats + [before.cls_logits, before.boxes], after.feats + [after.cls_logits, after.boxes]):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3)
+    if before.cls_logits_o2o is not None:
+        torch.testing.assert_close(after.cls_logits_o2o, before.cls_logits_o2o, rtol=1e-4, atol=1e-3)
