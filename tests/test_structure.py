@@ -1,7 +1,10 @@
 """Structure rules a contributor can rely on: short functions, no sys.path edits in the package, one run shell
 shared by the detector and LM trainers, tools/ as thin scripts over cvkd.commands."""
 import ast
+import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 80
@@ -50,3 +53,15 @@ def test_every_package_folder_has_an_init():
     missing = [str(d.relative_to(ROOT)) for d in (ROOT / "cvkd").rglob("*") if d.is_dir() and d.name != "__pycache__"
                and any(d.glob("*.py")) and not (d / "__init__.py").is_file()]
     assert not missing, missing
+
+
+def test_tracked_files_leave_room_for_the_gpu_pack():
+    """The device tool sends the tracked files plus the carried .gpu/ pack (~10.3 MiB, benchmarks/gpu_pack.py) and
+    refuses more than 64 MiB in all: a checkpoint or data file committed beyond this budget would lock GPU sessions
+    out (keep older checkpoints in git history, as checkpoints/README.md does)."""
+    try:
+        files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    sizes = [(ROOT / f).stat().st_size for f in files.decode().split("\0") if f and (ROOT / f).is_file()]
+    assert sum(sizes) / 2**20 < 53, f"tracked files {sum(sizes) / 2**20:.1f} MiB: over the 53 MiB budget"
