@@ -276,7 +276,7 @@ def test_bf16_teacher_forward_matches_fp32_and_feeds_every_term():
 def test_folding_batchnorm_keeps_the_teachers_outputs(name):
     torch.manual_seed(0)
     m = build_detector(name, ["person"])
-    for bn in (x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)):  # statistics far from identity
+    for bn in (mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)):  # statistics far from identity
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5)
     with pytest.raises(ModelError, match="eval mode"):
         m.train().fold_batchnorm()
@@ -286,7 +286,7 @@ def test_folding_batchnorm_keeps_the_teachers_outputs(name):
         before = m(x)
         assert m.fold_batchnorm() > 50
         after = m(x)
-    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
     for a, b in zip(before.feats + [before.cls_logits, before.boxes], after.feats + [after.cls_logits, after.boxes]):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3)
     if before.cls_logits_o2o is not None:
