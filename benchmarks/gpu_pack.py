@@ -26,8 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-POLARS_SHIM = '''"""Stand-in for polars on the GPU machine (benchmarks/gpu_pack.py): ultralytics' trainer calls read_csv inside a
-try to copy results.csv into its checkpoint; raising makes it store an empty dict."""
+POLARS_SHIM = '''"""Stand-in for polars on the GPU machine (benchmarks/gpu_pack.py): ultralytics' trainer calls
+read_csv inside a try to copy results.csv into its checkpoint; raising makes it store an empty dict."""
 
 
 def read_csv(*args, **kwargs):

@@ -8,10 +8,18 @@ weight schedule; and, around the earlier ``all_sw`` recipe, each term switched o
 (trained on all train frames: it has seen the tuning-val frames, the student never does; its outputs on the student's
 own training frames are what KD uses).
 
+``--start ws`` starts every row from the teacher's weights (``model.init_from=teacher``; ``baseline`` is then ``ws``
+alone, no KD term): which KD terms add on top of the best start. Those rows inherit what the teacher learnt of the
+tuning-val frames, all alike, so they rank settings against each other, not against the random-start rows; the claim
+itself is measured on val (benchmarks/cctv_distill.py).
+
     python benchmarks/kd_sweep.py --epochs 30 --threads 1                 # every setting
     python benchmarks/kd_sweep.py --settings baseline all_sw logit_t2     # some of them
+    python benchmarks/kd_sweep.py --start ws --teacher checkpoints/cctv_yolov8s_320_e158_fp16.pt.xz \\
+        --teacher-classes '{"0": person, "1": person}' --settings baseline feature_joint logit_only --threads 1
 
-Writes benchmarks/results/kd_sweep.csv (setting,overrides,seed,epochs,tune_frames,map,ap50,run) and prints a table.
+Writes benchmarks/results/kd_sweep.csv (setting,overrides,start,seed,train_seed,teacher,epochs,tune_frames,map,ap50,
+run) and prints a table.
 Resumable: finished runs are reused, unfinished ones resume from their last checkpoint.
 """
 from __future__ import annotations
@@ -38,10 +46,12 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
 DATA = ROOT / "data" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "kd_sweep.csv"
-COLUMNS = ["setting", "overrides", "seed", "train_seed", "teacher", "epochs", "tune_frames", "map", "ap50", "run"]
+COLUMNS = ["setting", "overrides", "start", "seed", "train_seed", "teacher", "epochs", "tune_frames", "map", "ap50",
+           "run"]
 # seed: the tuning split; train_seed: the training run's seed (the same unless --train-seed says otherwise, which
 # measures the seed noise of one setting on one split); teacher: the KD rows' teacher checkpoint (rows of different
-# teachers are different rows, in different run folders)
+# teachers are different rows, in different run folders); start: the student's initial weights, random or ws (the
+# teacher's, by weight selection)
 DEFAULT_TEACHER = "runs/bench_cctv/teacher_linear_s0/final.pt"  # the teacher of the first rows
 # One factor at a time around the default recipe, all_joint (kd.* of configs/cctv_distill.yaml, the "feature_joint"
 # row; every row starts from random weights, see main()). The first rows (all_sw and its term ablations) were
@@ -68,6 +78,11 @@ SETTINGS = {
     "logit_w1": ["kd.logit=1.0"],
     "box_t4": ["kd.box_t=4.0"],
     "decay_cosine": ["kd.decay=cosine"],  # KD weights cosine-decayed to 1 % by the end (YOLOv6)
+    # one term alone (around all_joint): which of them carries a gain, on top of ws in particular
+    "logit_only": ["kd.feature=0", "kd.box=0"],
+    "feature_only": ["kd.logit=0", "kd.box=0"],
+    "box_only": ["kd.logit=0", "kd.feature=0"],
+    "logit_w16": ["kd.logit=16.0"],
 }
 
 
@@ -86,14 +101,31 @@ def load_table() -> dict:
     for r in rows:
         r["train_seed"] = r.get("train_seed") or r["seed"]
         r["teacher"] = r.get("teacher") or ("" if r["setting"] == "baseline" else DEFAULT_TEACHER)
-    return {(r["setting"], int(r["seed"]), int(r["train_seed"]), r["teacher"]): r for r in rows}
+        r["start"] = r.get("start") or "random"  # rows written before --start
+    return {(r["setting"], int(r["seed"]), int(r["train_seed"]), r["teacher"], r["start"]): r for r in rows}
 
 
-def run_name(setting: str, seed: int, train_seed: int, teacher: str) -> str:
-    """``all_sw_s0``; ``_t1`` for a training seed other than the split's, ``_<checkpoint stem>`` for a KD row whose
-    teacher is not the default one (``feature_w18_s0_cctv_yolov8s_teacher_fp16``)."""
+def run_name(setting: str, seed: int, train_seed: int, teacher: str, start: str = "random") -> str:
+    """``all_sw_s0``; ``_t1`` for a training seed other than the split's, ``_<checkpoint stem>`` for a row whose
+    teacher is not the default one (``feature_w18_s0_cctv_yolov8s_teacher_fp16``), ``_ws`` for a row started from the
+    teacher's weights."""
     name = f"{setting}_s{seed}" + ("" if train_seed == seed else f"_t{train_seed}")
-    return name + ("" if teacher in ("", DEFAULT_TEACHER) else "_" + Path(teacher).name.split(".")[0])
+    name += "" if teacher in ("", DEFAULT_TEACHER) else "_" + Path(teacher).name.split(".")[0]
+    return name + ("_ws" if start == "ws" else "")
+
+
+def row_command(extra: list[str] | None, start: str, teacher: Path, teacher_classes: str) -> tuple[str, list[str]]:
+    """The tool and the overrides of one row. Random start: every row from random weights (the yaml's
+    ``model.init_from`` cleared), the teacher has seen the tuning-val frames and a student started from its weights
+    would be scored on frames it inherited; ``ws``: every row from the teacher's weights, ``baseline`` with no KD
+    term (what benchmarks/cctv_distill.py calls ``ws``)."""
+    mapped = [f"kd.teacher_classes={teacher_classes}"] if teacher_classes else []
+    if start == "ws":
+        kd = ["kd.logit=0", "kd.feature=0", "kd.box=0"] if extra is None else extra
+        return "distill.py", [f"kd.teacher={teacher}", "model.init_from=teacher", *mapped, *kd]
+    if extra is None:
+        return "train.py", []
+    return "distill.py", [f"kd.teacher={teacher}", "model.init_from=", *mapped, *extra]
 
 
 def tuning_split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int]:
@@ -128,12 +160,18 @@ def main() -> None:
                     help=f"teacher checkpoint, relative to the repo (default {DEFAULT_TEACHER}, the teacher of the first "
                          "rows; checkpoints/cctv_yolov8s_teacher_fp16.pt.xz is the shipped one). KD rows of another "
                          "teacher get their own run folders and rows")
+    ap.add_argument("--start", choices=["random", "ws"], default="random",
+                    help="student's initial weights in every row: random (default) or ws, the teacher's by weight "
+                         "selection (then baseline = ws alone)")
+    ap.add_argument("--teacher-classes", default="",
+                    help="kd.teacher_classes for a teacher of other classes, e.g. '{\"0\": person, \"1\": person}' "
+                         "for the two-class strong teachers of checkpoints/")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "kd_sweep"), help="folder of the runs")
     args = ap.parse_args()
     ensure_data()  # the CCTV set as COCO json, converted once (benchmarks/cctv_distill.py)
     teacher = os.path.relpath(Path(args.teacher).resolve(), ROOT)
-    if any(SETTINGS[s] is not None for s in args.settings) and not (ROOT / teacher).is_file():
+    if (args.start == "ws" or any(SETTINGS[s] is not None for s in args.settings)) and not (ROOT / teacher).is_file():
         sys.exit(f"error: {args.teacher}: teacher checkpoint not found (run benchmarks/cctv_distill.py --rows teacher)")
     tune_train, tune_val, n_held = tuning_split(args.seed, args.tune_fraction, Path(args.out) / f"split_s{args.seed}")
     images = str(SRC / "train" / "images")
@@ -143,42 +181,40 @@ def main() -> None:
     table = load_table()
     for setting in args.settings:
         extra = SETTINGS[setting]
-        row_teacher = "" if extra is None else teacher
-        run = Path(args.out) / run_name(setting, args.seed, train_seed, row_teacher)
+        row_teacher = "" if extra is None and args.start == "random" else teacher
+        run = Path(args.out) / run_name(setting, args.seed, train_seed, row_teacher, args.start)
         if not finished(run, args.epochs):
-            tool, config = ("train.py", "cctv_student.yaml") if extra is None else ("distill.py", "cctv_distill.yaml")
+            tool, overrides = row_command(extra, args.start, ROOT / teacher, args.teacher_classes)
+            config = "cctv_student.yaml" if tool == "train.py" else "cctv_distill.yaml"
             cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
             if (run / "config.yaml").is_file():
                 cmd.append(f"resume={run}")
             else:
                 cmd += [f"out={args.out}", f"name={run.name}", f"train.epochs={args.epochs}",
-                        f"train.seed={train_seed}", f"train.threads={args.threads}", *data]
-                # random student init in every row: the teacher has seen the tuning-val frames, so a student started
-                # from its weights (the yaml's model.init_from) would be scored on frames it inherited
-                cmd += [] if extra is None else [f"kd.teacher={ROOT / teacher}", "model.init_from=", *extra]
+                        f"train.seed={train_seed}", f"train.threads={args.threads}", *data, *overrides]
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         r = read_rows(run / "results.csv")[-1]
         table = {**table, **load_table()}
-        table[(setting, args.seed, train_seed, row_teacher)] = {
-            "setting": setting, "overrides": overrides_of(setting), "seed": args.seed, "train_seed": train_seed,
-            "teacher": row_teacher,
+        table[(setting, args.seed, train_seed, row_teacher, args.start)] = {
+            "setting": setting, "overrides": overrides_of(setting), "start": args.start, "seed": args.seed,
+            "train_seed": train_seed, "teacher": row_teacher,
             "epochs": args.epochs, "tune_frames": n_held, "map": r["map"], "ap50": r["ap50"],
             "run": os.path.relpath(run, ROOT)}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
-            for key in sorted(table, key=lambda k: (k[1], k[3], list(SETTINGS).index(k[0]) if k[0] in SETTINGS
+            for key in sorted(table, key=lambda k: (k[4], k[1], k[3], list(SETTINGS).index(k[0]) if k[0] in SETTINGS
                                                     else 99, k[2])):
                 if key[0] in SETTINGS:  # rows of earlier invocations say what their setting overrides today
                     table[key]["overrides"] = overrides_of(key[0])
                 w.writerow({c: table[key].get(c, "") for c in COLUMNS})
-    print("| setting | overrides | split seed | train seed | teacher | mAP@[.5:.95] (tuning split) | AP50 |\n"
-          "|---|---|---|---|---|---|---|")
+    print("| setting | overrides | start | split seed | train seed | teacher | mAP@[.5:.95] (tuning split) | AP50 |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in table.values():
-        print(f"| {r['setting']} | {r['overrides']} | {r['seed']} | {r['train_seed']} | {r['teacher']} | "
-              f"{float(r['map']):.4f} | {float(r['ap50']):.4f} |")
+        print(f"| {r['setting']} | {r['overrides']} | {r['start']} | {r['seed']} | {r['train_seed']} | "
+              f"{r['teacher']} | {float(r['map']):.4f} | {float(r['ap50']):.4f} |")
     print(f"\nwritten {RESULTS}")
 
 

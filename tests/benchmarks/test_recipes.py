@@ -69,7 +69,8 @@ def test_every_benchmark_row_and_sweep_setting_resolves(bench):
     # each sweep setting around the yaml changes it (no row silently equal to the default)
     base = _kd([])
     for setting in ("feature_w2", "feature_w18", "feature_mask_gt", "feature_mask_all", "feature_p3_only",
-                    "feature_pkd", "logit_t2", "logit_w1", "box_t4", "decay_cosine"):
+                    "feature_pkd", "logit_t2", "logit_w1", "box_t4", "decay_cosine", "logit_only", "feature_only",
+                    "box_only", "logit_w16"):
         assert _kd(sweep.SETTINGS[setting]) != base, setting
 
 
@@ -80,14 +81,15 @@ def test_sweep_table_reads_rows_written_before_train_seed(bench, monkeypatch, tm
     monkeypatch.setattr(sweep, "RESULTS", path)
     path.write_text("setting,overrides,seed,epochs,tune_frames,map,ap50,run\n"
                     "baseline,(no KD),0,30,52,0.25549,0.63382,runs/kd_sweep/baseline_s0\n")
-    assert set(sweep.load_table()) == {("baseline", 0, 0, "")}
+    assert set(sweep.load_table()) == {("baseline", 0, 0, "", "random")}
     path.write_text("setting,overrides,seed,train_seed,epochs,tune_frames,map,ap50,run\n"
                     "baseline,(no KD),0,,30,52,0.25549,0.63382,runs/kd_sweep/baseline_s0\n"
                     "baseline,(no KD),0,1,30,52,0.2600,0.64,runs/kd_sweep/baseline_s0_t1\n"
                     "all_sw,x,0,,30,52,0.2759,0.64,runs/kd_sweep/all_sw_s0\n")
     table = sweep.load_table()  # KD rows written before the teacher column learned from the default teacher
-    assert set(table) == {("baseline", 0, 0, ""), ("baseline", 0, 1, ""), ("all_sw", 0, 0, sweep.DEFAULT_TEACHER)}
-    assert table[("baseline", 0, 1, "")]["map"] == "0.2600"
+    assert set(table) == {("baseline", 0, 0, "", "random"), ("baseline", 0, 1, "", "random"),
+                          ("all_sw", 0, 0, sweep.DEFAULT_TEACHER, "random")}
+    assert table[("baseline", 0, 1, "", "random")]["map"] == "0.2600"
 
 
 def test_sweep_run_names_keep_seeds_and_teachers_apart(bench):
@@ -96,6 +98,23 @@ def test_sweep_run_names_keep_seeds_and_teachers_apart(bench):
     assert sweep.run_name("baseline", 0, 1, "") == "baseline_s0_t1"
     shipped = "checkpoints/cctv_yolov8s_teacher_fp16.pt.xz"
     assert sweep.run_name("feature_w18", 0, 0, shipped) == "feature_w18_s0_cctv_yolov8s_teacher_fp16"
+    assert sweep.run_name("baseline", 0, 0, shipped, "ws") == "baseline_s0_cctv_yolov8s_teacher_fp16_ws"
+
+
+def test_sweep_rows_from_the_teachers_weights(bench):
+    """--start ws: every row starts from the teacher's weights; baseline is ws alone (a teacher, no KD weight);
+    a random start clears the yaml's init in every KD row; the class map reaches every row with a teacher."""
+    _, sweep = bench
+    t = Path("t.pt")
+    tool, args = sweep.row_command(None, "ws", t, '{"0": person}')
+    assert tool == "distill.py" and "model.init_from=teacher" in args and "kd.teacher=t.pt" in args
+    kd = _kd(args)
+    assert kd.logit == kd.feature == kd.box == 0 and kd.teacher_classes == {"0": "person"}
+    tool, args = sweep.row_command(sweep.SETTINGS["logit_only"], "ws", t, "")
+    assert "model.init_from=teacher" in args and _kd(args).logit > 0 and _kd(args).feature == 0
+    assert sweep.row_command(None, "random", t, "") == ("train.py", [])
+    tool, args = sweep.row_command(sweep.SETTINGS["feature_joint"], "random", t, "")
+    assert tool == "distill.py" and "model.init_from=" in args and "model.init_from=teacher" not in args
 
 
 def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fake_quant(monkeypatch):
