@@ -130,24 +130,11 @@ class FakeQuantConv(nn.Module):
         return self.act_out(F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups))
 
 
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every ultralytics ``Conv``'s BatchNorm into its convolution (what export does), in place; the count."""
-    from ultralytics.nn.modules import Conv
-    from ultralytics.utils.torch_utils import fuse_conv_and_bn
-
-    n = 0
-    for m in model.modules():
-        if isinstance(m, Conv) and hasattr(m, "bn"):
-            m.conv = fuse_conv_and_bn(m.conv, m.bn).requires_grad_(True)  # ultralytics freezes what it fuses
-            delattr(m, "bn")
-            m.forward = m.forward_fuse
-            n += 1
-    return n
-
-
 def prepare_qat(model: nn.Module, scheme: str) -> int:
     """Fold BatchNorm, then wrap every convolution except DFL's fixed one in :class:`FakeQuantConv`; the count."""
-    fold_batchnorm(model)
+    from ..models.yolo import fold_conv_batchnorm
+
+    fold_conv_batchnorm(model)
     n = 0
     for name, parent in list(model.named_modules()):
         if name.endswith("dfl") or isinstance(parent, FakeQuantConv):

@@ -59,6 +59,28 @@ def _arch_from_name(name: str, width: float | None = None, depth: float | None =
     return cfg
 
 
+def fold_conv_batchnorm(model: nn.Module) -> int:
+    """Fold the BatchNorm of every ultralytics ``Conv``/``DWConv`` into its convolution with the running statistics,
+    in place; the count. The folded convolution keeps its weight's ``requires_grad``: a frozen teacher stays frozen,
+    a QAT student trains the folded weights (what its INT8 export runs)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+    from ultralytics.nn.modules.conv import Conv, DWConv
+
+    folded = 0
+    for m in model.modules():
+        # exactly act(bn(conv(x))): subclasses such as Conv2 add a branch before the BN and must stay unfolded
+        if type(m) in (Conv, DWConv) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d):
+            conv, bn = m.conv, m.bn
+            fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                              conv.dilation, conv.groups, bias=True).to(conv.weight)
+            fused.weight, fused.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
+                                                            bn.eps, bn.weight, bn.bias)
+            fused.bias.requires_grad_(conv.weight.requires_grad)  # a conv without bias gets a fresh, frozen one
+            m.conv, m.bn = fused, nn.Identity()
+            folded += 1
+    return folded
+
+
 @register_family("yolo", matches=lambda name: name.startswith("yolo"), example="yolov8n.yaml, yolo11s.yaml")
 class YoloAdapter(DetectorAdapter):
     family = "yolo"
@@ -122,19 +144,9 @@ class YoloAdapter(DetectorAdapter):
         return cls.from_name(spec["name"], class_names, spec.get("width"), spec.get("depth"))
 
     def fold_batchnorm(self) -> int:
-        from torch.nn.utils.fusion import fuse_conv_bn_eval
-        from ultralytics.nn.modules.conv import Conv, DWConv
-
         if self.training:
             raise ModelError("fold_batchnorm is for a frozen model in eval mode (the BN statistics must not move)")
-        folded = 0
-        for m in self.model.modules():
-            # exactly act(bn(conv(x))): subclasses such as Conv2 add a branch before the BN and must stay unfolded
-            if type(m) in (Conv, DWConv) and isinstance(getattr(m, "bn", None), nn.BatchNorm2d):
-                m.conv = fuse_conv_bn_eval(m.conv, m.bn)
-                m.bn = nn.Identity()
-                folded += 1
-        return folded
+        return fold_conv_batchnorm(self.model)
 
     # ------------------------------------------------------------------ forward
     def _decode(self, branch: dict, anchor_points: Tensor, stride_t: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:

@@ -49,6 +49,9 @@ def test_every_conv_but_dfl_is_fake_quantized_and_bn_folded():
             if isinstance(mod, torch.nn.Conv2d) and name.rsplit(".", 1)[0] not in wrapped]
     assert n == len(wrapped) == 63 and bare == ["model.22.dfl.conv"]  # DFL's fixed expectation stays float
     assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.model.modules())
+    # the folded weights and biases (a bias the BN gave a conv that had none) are what QAT trains
+    frozen = [name for name, p in m.model.named_parameters() if not p.requires_grad and ".dfl." not in name]
+    assert frozen == []
 
 
 @pytest.mark.parametrize("symmetric", [True, False])

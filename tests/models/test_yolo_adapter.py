@@ -280,11 +280,13 @@ def test_folding_batchnorm_keeps_the_teachers_outputs(name):
         bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 1.5)
     with pytest.raises(ModelError, match="eval mode"):
         m.train().fold_batchnorm()
-    m.eval()
+    m.eval().requires_grad_(False)  # as the trainer's teacher
     x = torch.rand(2, 3, IMG, IMG)
     with torch.no_grad():
         before = m(x)
         assert m.fold_batchnorm() > 50
+    assert not any(p.requires_grad for p in m.parameters())  # the folded teacher stays frozen
+    with torch.no_grad():
         after = m(x)
     assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
     for a, b in zip(before.feats + [before.cls_logits, before.boxes], after.feats + [after.cls_logits, after.boxes]):
