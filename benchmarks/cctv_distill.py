@@ -173,19 +173,21 @@ def add_teacher_row(table: dict, weights: Path, rel: str, args) -> dict:
     return table
 
 
-def preds_path(run: str | Path) -> Path:
-    """Where a run's final val detections are kept in the repo (xz json), for paired intervals in --table-only."""
-    return RESULTS.parent / "preds" / RESULTS.stem / f"{Path(run).name}.json.xz"
+def preds_path(run: str | Path, results: Path | None = None) -> Path:
+    """Where a run's final val detections are kept in the repo (xz json), for paired intervals in --table-only; one
+    folder per benchmark CSV (``results``, this benchmark's by default)."""
+    results = results or RESULTS
+    return results.parent / "preds" / results.stem / f"{Path(run).name}.json.xz"
 
 
-def keep_predictions(run: str | Path, preds: list | Path) -> None:
+def keep_predictions(run: str | Path, preds: list | Path, results: Path | None = None) -> None:
     import json
     import lzma
 
     data = json.loads(preds.read_text()) if isinstance(preds, Path) else preds
     for d in data:  # 0.1 px and 4 significant digits of score: no change to COCO mAP at this set's size
         d["bbox"], d["score"] = [round(float(v), 1) for v in d["bbox"]], round(float(d["score"]), 4)
-    path = preds_path(run)
+    path = preds_path(run, results)
     path.parent.mkdir(parents=True, exist_ok=True)
     with lzma.open(path, "wt", encoding="utf-8") as f:
         json.dump(data, f, separators=(",", ":"))

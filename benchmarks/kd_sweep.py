@@ -19,7 +19,10 @@ itself is measured on val (benchmarks/cctv_distill.py).
         --teacher-classes '{"0": person, "1": person}' --settings baseline feature_joint logit_only --threads 1
 
 Writes benchmarks/results/kd_sweep.csv (setting,overrides,start,seed,train_seed,teacher,epochs,tune_frames,map,ap50,
-run) and prints a table.
+run) and prints a table, then each setting's paired gain over its baseline (same split, teacher and start; paired by
+training seed) with a 95 % interval over training seeds and tuning-val frames (a frame's two copies are drawn
+together), from the runs' final detections kept under benchmarks/results/preds/kd_sweep/. ``--table-only`` prints
+the tables without running anything.
 Resumable: finished runs are reused, unfinished ones resume from their last checkpoint.
 """
 from __future__ import annotations
@@ -33,7 +36,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cctv_distill import ALL_SW, ensure_data
+from cctv_distill import ALL_SW, DS, ensure_data, keep_predictions, preds_path
 from unlabeled import (  # the same frame-level split rule and run check
     finished,
     frame_of,
@@ -146,6 +149,56 @@ def tuning_split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int
     return paths[0], paths[1], len(held)
 
 
+def print_gains(table: dict, fraction: float, out: Path) -> None:
+    """Each setting against the baseline of its split, teacher and start, paired by training seed, with a 95 %
+    interval (cvkd.eval.bootstrap) over training seeds and tuning-val frames; rows without kept detections are left
+    out. With one training seed the interval holds the frames' variation only (the column says so)."""
+    import lzma
+
+    from cvkd.data import load_coco, to_coco_dict
+    from cvkd.eval.bootstrap import image_matches, paired_gain
+    from cvkd.eval.coco_eval import remap_predictions
+
+    for r in table.values():  # runs of sweeps before the detections were kept
+        kept, written = preds_path(r["run"], RESULTS), ROOT / r["run"] / "val_predictions.json"
+        if not kept.is_file() and written.is_file():
+            keep_predictions(r["run"], written, RESULTS)
+    by_setting: dict = {}
+    for (setting, seed, train_seed, teacher, start), r in table.items():
+        if preds_path(r["run"], RESULTS).is_file():
+            by_setting.setdefault((seed, teacher, start, setting), {})[train_seed] = r
+    lines, splits = [], {}
+    for (seed, teacher, start, setting), runs in sorted(by_setting.items()):
+        # a random-start baseline has no teacher; a ws one is the teacher's weights alone
+        base = by_setting.get((seed, teacher if start == "ws" else "", start, "baseline"), {})
+        paired = sorted(set(runs) & set(base))
+        if setting == "baseline" or not paired:
+            continue
+        if seed not in splits:
+            _, tune_val, _ = tuning_split(seed, fraction, out / f"split_s{seed}")
+            data = load_coco(tune_val, SRC / "train" / "images", DS["class_map"])
+            gt = to_coco_dict(data)
+            frames = [frame_of(im["file_name"]) for im in sorted(gt["images"], key=lambda im: im["id"])]
+            splits[seed] = (data, gt, frames)
+        data, gt, frames = splits[seed]
+
+        def matches(run: str):
+            path = preds_path(run, RESULTS)
+            with lzma.open(path, "rt", encoding="utf-8") as f:
+                return image_matches(gt, remap_predictions(json.load(f), data, str(path)))
+
+        g = paired_gain([(matches(runs[t]["run"]), matches(base[t]["run"])) for t in paired], groups=frames)
+        verdict = "significant" if g.significant else "not significant"
+        seeds = f"{len(paired)}" + ("" if len(paired) > 1 else " (frames only)")
+        lines.append(f"| {setting} | {start} | {seed} | {Path(teacher).name or '-'} | {seeds} | "
+                     f"{' / '.join(f'{x:+.4f}' for x in g.per_seed)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | "
+                     f"{verdict} |")
+    if lines:
+        print("\n| setting | start | split seed | teacher | training seeds | gain per seed | mean gain over baseline "
+              "| 95 % interval | |\n|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(lines))
+
+
 def main() -> None:
     from cvkd.engine.report import read_rows
 
@@ -168,7 +221,14 @@ def main() -> None:
                          "for the two-class strong teachers of checkpoints/")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "kd_sweep"), help="folder of the runs")
+    ap.add_argument("--table-only", action="store_true",
+                    help="print the tables of the rows already in the CSV (with the paired gains), run nothing")
     args = ap.parse_args()
+    if args.table_only:
+        table = load_table()
+        print_table(table)
+        print_gains(table, args.tune_fraction, Path(args.out))
+        return
     ensure_data()  # the CCTV set as COCO json, converted once (benchmarks/cctv_distill.py)
     teacher = os.path.relpath(Path(args.teacher).resolve(), ROOT)
     if (args.start == "ws" or any(SETTINGS[s] is not None for s in args.settings)) and not (ROOT / teacher).is_file():
@@ -195,6 +255,8 @@ def main() -> None:
             print("$", " ".join(cmd), flush=True)
             subprocess.run(cmd, check=True)
         r = read_rows(run / "results.csv")[-1]
+        if (run / "val_predictions.json").is_file():  # the final detections, for the paired intervals
+            keep_predictions(run, run / "val_predictions.json", RESULTS)
         table = {**table, **load_table()}
         table[(setting, args.seed, train_seed, row_teacher, args.start)] = {
             "setting": setting, "overrides": overrides_of(setting), "start": args.start, "seed": args.seed,
@@ -210,12 +272,17 @@ def main() -> None:
                 if key[0] in SETTINGS:  # rows of earlier invocations say what their setting overrides today
                     table[key]["overrides"] = overrides_of(key[0])
                 w.writerow({c: table[key].get(c, "") for c in COLUMNS})
+    print_table(table)
+    print_gains(table, args.tune_fraction, Path(args.out))
+    print(f"\nwritten {RESULTS}")
+
+
+def print_table(table: dict) -> None:
     print("| setting | overrides | start | split seed | train seed | teacher | mAP@[.5:.95] (tuning split) | AP50 |\n"
           "|---|---|---|---|---|---|---|---|")
     for r in table.values():
         print(f"| {r['setting']} | {r['overrides']} | {r['start']} | {r['seed']} | {r['train_seed']} | "
               f"{r['teacher']} | {float(r['map']):.4f} | {float(r['ap50']):.4f} |")
-    print(f"\nwritten {RESULTS}")
 
 
 if __name__ == "__main__":

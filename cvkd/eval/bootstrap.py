@@ -172,8 +172,12 @@ def unpaired_difference(a: list[float], b: list[float], level: float = 0.95) -> 
 
 
 def paired_gain(pairs: list[tuple[ImageMatches, ImageMatches]], n_boot: int = 2000, seed: int = 0,
-                level: float = 0.95) -> Gain:
-    """A vs B over seeds: ``pairs`` = [(matches of A, matches of B) per seed], all on the same val images."""
+                level: float = 0.95, groups: list | np.ndarray | None = None) -> Gain:
+    """A vs B over seeds: ``pairs`` = [(matches of A, matches of B) per seed], all on the same val images.
+
+    ``groups``: one label per val image, in ascending image-id order (COCOeval's), when images are not independent,
+    e.g. augmented copies of one source frame: the bootstrap then draws whole groups (a cluster bootstrap), since
+    resampling copies as if they were distinct images would narrow the interval by up to sqrt(copies)."""
     n_img = {m.n_images for pair in pairs for m in pair}
     if len(n_img) != 1:
         raise ValueError(f"every prediction set must be scored on the same val images, got sizes {sorted(n_img)}")
@@ -182,9 +186,18 @@ def paired_gain(pairs: list[tuple[ImageMatches, ImageMatches]], n_boot: int = 20
     per_seed = [a - b for a, b in zip(map_a, map_b)]
     rng = np.random.default_rng(seed)
     n = n_img.pop()
+    if groups is None:
+        codes = np.arange(n)
+    elif len(groups) != n:
+        raise ValueError(f"groups gives {len(groups)} labels for {n} val images")
+    else:
+        codes = np.unique(np.asarray(groups), return_inverse=True)[1].ravel()  # (n,) group index of each image
+    k = int(codes.max()) + 1
     reps = np.empty(n_boot)
     for r in range(n_boot):
-        w = np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)  # one resample for every seed/model
+        # one resample for every seed and model: k groups drawn with replacement, each image weighted by its group's
+        # draw count
+        w = np.bincount(rng.integers(0, k, k), minlength=k).astype(np.float64)[codes]  # (n,)
         reps[r] = np.mean([weighted_map(a, w) - weighted_map(b, w) for a, b in pairs])
     lo, hi, sd_seed, sd_img = combine_interval(per_seed, reps, level)
     return Gain(float(np.mean(per_seed)), lo, hi, per_seed, map_a, map_b, sd_seed, sd_img, n_boot)

@@ -117,6 +117,49 @@ def test_sweep_rows_from_the_teachers_weights(bench):
     assert tool == "distill.py" and "model.init_from=" in args and "model.init_from=teacher" not in args
 
 
+def test_sweep_gains_pair_training_seeds_and_draw_a_frames_copies_together(bench, monkeypatch, tmp_path, capsys):
+    import json
+
+    cctv, sweep = bench
+    monkeypatch.setattr(sweep, "RESULTS", tmp_path / "kd_sweep.csv")
+    monkeypatch.setattr(sweep, "ROOT", tmp_path)
+    # 10 frames, two augmented copies each (roboflow's names): 20 one-box images
+    names = [f"frame{i // 2}_jpg.rf.{i}.jpg" for i in range(20)]
+    gt = {"images": [{"id": i + 1, "file_name": n, "width": 64, "height": 64} for i, n in enumerate(names)],
+          "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [8, 8, 32, 32], "area": 1024,
+                           "iscrowd": 0} for i in range(1, 21)],
+          "categories": [{"id": 1, "name": "person"}]}
+    (tmp_path / "tune_val.json").write_text(json.dumps(gt))
+    monkeypatch.setattr(sweep, "tuning_split", lambda seed, fraction, out: (None, tmp_path / "tune_val.json", 10))
+    monkeypatch.setattr(sweep, "DS", {**sweep.DS, "class_map": None})
+    from cvkd.data import load_coco
+
+    monkeypatch.setattr("cvkd.data.load_coco", lambda js, images, cm: load_coco(js, None, cm, check_images=False))
+    seen = {}
+    from cvkd.eval import bootstrap
+
+    def spy(pairs, **kw):
+        seen.update(kw, n=len(pairs))
+        return bootstrap_paired_gain(pairs, **kw)
+
+    bootstrap_paired_gain = bootstrap.paired_gain
+    monkeypatch.setattr(bootstrap, "paired_gain", spy)
+    box = {"category_id": 1, "bbox": [8, 8, 32, 32], "score": 0.9}
+    ws_t = "checkpoints/t.pt"
+    table = {}
+    for setting, train_seed, found in [("baseline", 0, 10), ("baseline", 1, 10), ("logit_only", 0, 20),
+                                       ("logit_only", 1, 20), ("logit_only", 2, 20)]:  # seed 2 has no baseline
+        run = f"runs/kd_sweep/{sweep.run_name(setting, 0, train_seed, ws_t, 'ws')}"
+        cctv.keep_predictions(run, [{"image_id": i, **box} for i in range(1, found + 1)], sweep.RESULTS)
+        table[(setting, 0, train_seed, ws_t, "ws")] = {"run": run}
+    sweep.print_gains(table, 0.2, tmp_path)
+    out = capsys.readouterr().out
+    # B finds frames 0-4 (images 1-10): AP 51/101 against 1.0; paired over training seeds 0 and 1 only
+    assert f"| logit_only | ws | 0 | t.pt | 2 | {50 / 101:+.4f} / {50 / 101:+.4f} | {50 / 101:+.4f} |" in out
+    assert seen["n"] == 2 and list(seen["groups"]) == [f"frame{i // 2}" for i in range(20)]
+    assert "\n| baseline |" not in out  # no row of the baseline against itself
+
+
 def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fake_quant(monkeypatch):
     from types import SimpleNamespace
 

@@ -106,6 +106,22 @@ def test_known_gain_of_a_perfect_model_over_one_that_misses_images():
     assert not paired_gain([(a, b)], n_boot=500).significant
 
 
+def test_copies_of_a_frame_are_resampled_together():
+    # every image twice (two augmented copies of one frame): resampled as independent images, the copies shrink the
+    # interval by ~sqrt(2); drawn by frame it matches the set of distinct frames
+    a, b = perfect_and_missing(30, 6)
+    a2, b2 = perfect_and_missing(60, 12)  # B misses images 1-12: frames 1-6, both copies
+    frame = [(i + 1) // 2 for i in range(1, 61)]  # images 2f-1 and 2f are frame f's copies
+    distinct = paired_gain([(a, b)], n_boot=2000, seed=1)
+    by_image = paired_gain([(a2, b2)], n_boot=2000, seed=1)
+    by_frame = paired_gain([(a2, b2)], n_boot=2000, seed=1, groups=frame)
+    assert distinct.gain == by_image.gain == by_frame.gain
+    assert by_frame.sd_images == pytest.approx(distinct.sd_images, rel=0.15)
+    assert by_image.sd_images == pytest.approx(distinct.sd_images / math.sqrt(2), rel=0.15)
+    with pytest.raises(ValueError, match="labels for 60"):
+        paired_gain([(a2, b2)], n_boot=10, groups=frame[:-1])
+
+
 def test_cvkd_val_compares_seeds(tmp_path, capsys):
     import json
 
