@@ -86,6 +86,12 @@ SETTINGS = {
     "feature_only": ["kd.logit=0", "kd.box=0"],
     "box_only": ["kd.logit=0", "kd.feature=0"],
     "logit_w16": ["kd.logit=16.0"],
+    # without the logit term: the teacher scores every anchor near a person high, the student's class targets (TAL)
+    # only the few whose own boxes align best, so logit KD decouples the student's scores from its box quality; the
+    # box terms teach the localisation itself
+    "feature_box": ["kd.logit=0"],
+    "box_w1": ["kd.logit=0", "kd.feature=0", "kd.box=1.0"],
+    "box_giou": ["kd.logit=0", "kd.feature=0", "kd.box_loss=iou", "kd.box=2.5"],  # PP-YOLOE+'s GIoU to the teacher's boxes
 }
 
 
