@@ -63,6 +63,11 @@ def test_every_benchmark_row_and_sweep_setting_resolves(bench):
     # the weight-selection rows: all_joint_ws is all_joint plus the init, ws has no KD term
     assert _kd([*cctv.KD_RESET, *cctv.KD_ROWS["all_joint_ws"]]) == _kd([])
     assert "model.init_from=teacher" in cctv.KD_ROWS["ws"] and "model.init_from=teacher" in cctv.KD_ROWS["all_joint_ws"]
+    # box_ws is the sweep's box_only setting on the benchmark's start: LD alone, from the teacher's weights
+    box_ws, box_only = _kd([*cctv.KD_RESET, *cctv.KD_ROWS["box_ws"]]), _kd(sweep.SETTINGS["box_only"])
+    assert box_ws.logit == box_ws.feature == 0 and (box_ws.box, box_ws.box_loss, box_ws.box_t, box_ws.box_region) == (
+        box_only.box, box_only.box_loss, box_only.box_t, box_only.box_region)
+    assert "model.init_from=teacher" in cctv.KD_ROWS["box_ws"]
     for setting, extra in sweep.SETTINGS.items():
         if extra is not None:
             _kd(extra)
@@ -70,7 +75,7 @@ def test_every_benchmark_row_and_sweep_setting_resolves(bench):
     base = _kd([])
     for setting in ("feature_w2", "feature_w18", "feature_mask_gt", "feature_mask_all", "feature_p3_only",
                     "feature_pkd", "logit_t2", "logit_w1", "box_t4", "decay_cosine", "logit_only", "feature_only",
-                    "box_only", "logit_w16"):
+                    "box_only", "logit_w16", "feature_box", "box_w1", "box_giou"):
         assert _kd(sweep.SETTINGS[setting]) != base, setting
 
 
