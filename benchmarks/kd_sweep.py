@@ -91,7 +91,8 @@ SETTINGS = {
     # box terms teach the localisation itself
     "feature_box": ["kd.logit=0"],
     "box_w1": ["kd.logit=0", "kd.feature=0", "kd.box=1.0"],
-    "box_giou": ["kd.logit=0", "kd.feature=0", "kd.box_loss=iou", "kd.box=2.5"],  # PP-YOLOE+'s GIoU to the teacher's boxes
+    # PP-YOLOE+'s GIoU to the teacher's boxes, at the gain of the student's own box loss to the labels (7.5)
+    "box_giou": ["kd.logit=0", "kd.feature=0", "kd.box_loss=iou", "kd.box=7.5"],
 }
 
 
