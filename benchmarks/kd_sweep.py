@@ -93,6 +93,10 @@ SETTINGS = {
     "box_w1": ["kd.logit=0", "kd.feature=0", "kd.box=1.0"],
     # PP-YOLOE+'s GIoU to the teacher's boxes, at the gain of the student's own box loss to the labels (7.5)
     "box_giou": ["kd.logit=0", "kd.feature=0", "kd.box_loss=iou", "kd.box=7.5"],
+    # label assignment distillation (Nguyen et al., WACV 2022): the teacher's predictions, not the student's own,
+    # pick the student's positives and their target scores; alone and with LD
+    "lad": ["kd.logit=0", "kd.feature=0", "kd.box=0", "kd.assign=teacher"],
+    "lad_box": ["kd.logit=0", "kd.feature=0", "kd.assign=teacher"],
 }
 
 

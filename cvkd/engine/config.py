@@ -129,6 +129,10 @@ class KDConfig:
     box_margin: float = setting(0.0, "margin of the teacher-bounded regression loss (in stride units squared)")
     box_region: Literal["fg", "teacher_score"] = setting("teacher_score", "where box KD applies: assigned anchors, or all weighted by teacher score")
     decay: Literal["constant", "cosine"] = setting("constant", "KD weight schedule over training (cosine decays to 1% at the end)")
+    assign: Literal["student", "teacher"] = setting(
+        "student", "whose predictions the student's label assigner scores (YOLO's task-aligned assigner): its own, as "
+        "in plain training, or the teacher's (label assignment distillation): the teacher's scores and boxes pick the "
+        "student's positives and their target scores")
     teacher_precision: Literal["auto", "fp32", "bf16"] = setting(
         "auto", "teacher forward pass on CPU: bf16 autocast + channels_last (auto = when the CPU has native bf16 and the "
         "teacher is not two-stage), or fp32; on CUDA the teacher follows train.amp")
@@ -136,8 +140,8 @@ class KDConfig:
 
     @property
     def any_term(self) -> bool:
-        """Whether any KD term is on (else the teacher is not run)."""
-        return self.logit > 0 or self.feature > 0 or self.box > 0
+        """Whether any KD term is on, the teacher's label assignment included (else the teacher is not run)."""
+        return self.logit > 0 or self.feature > 0 or self.box > 0 or self.assign == "teacher"
 
 
 @dataclass
@@ -166,7 +170,8 @@ class RunConfig:
             raise ConfigError("train.epochs and train.batch must be >= 1")
         uses_kd = self.kd.any_term
         if uses_kd and not self.kd.teacher:
-            raise ConfigError("kd.logit/feature/box > 0 need a teacher: set kd.teacher=path/to/teacher.pt")
+            raise ConfigError("kd.logit/feature/box > 0 and kd.assign=teacher need a teacher: set "
+                              "kd.teacher=path/to/teacher.pt")
         if self.model.pretrained and (self.model.init_from or Path(self.model.name).suffix in (".pt", ".pth", ".xz")):
             raise ConfigError("model.pretrained and " + ("model.init_from" if self.model.init_from else
                               f"a checkpoint model.name ({self.model.name})") + " both set the student's weights: "

@@ -292,6 +292,13 @@ class Distiller(nn.Module):
             if student.reg_max != teacher.reg_max:
                 raise ModelError(f"LD needs equal DFL bins: student reg_max {student.reg_max}, "
                                  f"teacher {teacher.reg_max}")
+        if cfg.assign == "teacher":
+            if not student.teacher_assignment:
+                raise ModelError(f"kd.assign=teacher: a {student.family} student assigns its own labels (YOLO students "
+                                 "score a teacher's predictions)")
+            if student.strides != teacher.strides:
+                raise ModelError(f"kd.assign=teacher needs the teacher's anchors: strides {student.strides} (student) "
+                                 f"vs {teacher.strides} (teacher)")
         if cfg.logit_branch == "both" and not getattr(student, "end2end", False):
             raise ModelError("kd.logit_branch=both needs a student with a one-to-one branch (YOLO26)")
         self.adapters = nn.ModuleList()

@@ -104,7 +104,10 @@ class Objective(nn.Module):
             batch, assign = pseudo
             total, terms = img.new_zeros(()), {}
         else:
-            total, items, assign = self.student.loss(out_s, batch, sum_across=self.sum_across)
+            # label assignment distillation: the teacher's predictions pick the student's positives
+            teacher_assigns = self.distiller is not None and self.distiller.cfg.assign == "teacher"
+            total, items, assign = self.student.loss(out_s, batch, sum_across=self.sum_across,
+                                                     assign_from=out_t if teacher_assigns else None)
             terms = {k: torch.as_tensor(v) for k, v in items.items()}
         if self.distiller is not None:
             for k, v in self.distiller(out_s, out_t, assign, batch).items():
@@ -204,6 +207,8 @@ def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Ca
         teacher, bf16 = load_teacher(cfg, device, class_names)
         distiller = Distiller(cfg.kd, student, teacher, cfg.data.imgsz).to(device)
         distiller.hooks.extend(callbacks.get("kd_term", []))
+        if cfg.kd.assign == "teacher":
+            log.info("label assignment from the teacher's predictions (kd.assign=teacher)")
     if cfg.kd.teacher and teacher is None and cfg.model.init_from != "teacher":
         log.warning(f"kd.teacher={cfg.kd.teacher} is set but every KD weight is 0: plain training")
     if cfg.model.init_from and run.resumed is None:  # a resumed run loads its own weights

@@ -51,6 +51,7 @@ class DetectorAdapter(nn.Module):
     class_names: list[str]
     strides: list[int]
     dense_student: bool = True  # False: forward() has no trainable dense outputs, so it can teach but not be distilled
+    teacher_assignment: bool = False  # True: loss(assign_from=) lets a teacher's predictions drive the assignment
     bf16_teacher: bool = True  # outputs move smoothly with precision (kd.teacher_precision=auto may use bf16)
     imgsz: int | None = None  # the input size it was trained at, when the checkpoint says (predict's default)
 
@@ -61,10 +62,12 @@ class DetectorAdapter(nn.Module):
     def forward(self, img: Tensor) -> DetOutputs:  # img (B, 3, S, S) RGB in [0, 1]
         raise NotImplementedError
 
-    def loss(self, out: DetOutputs, batch: dict,
-             sum_across: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
+    def loss(self, out: DetOutputs, batch: dict, sum_across: Callable[[Tensor], Tensor] | None = None,
+             assign_from: DetOutputs | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
         """The detector's own training loss on ``batch`` (cvkd collate format), its items, and the assignment.
-        ``sum_across`` (under torchrun) sums a tensor over processes: normalise over the global batch with it."""
+        ``sum_across`` (under torchrun) sums a tensor over processes: normalise over the global batch with it.
+        ``assign_from``: another detector's outputs on the same anchors whose predictions the label assigner scores
+        instead of this one's (label assignment distillation; adapters with ``teacher_assignment``)."""
         raise NotImplementedError
 
     def start_epoch(self, epoch: int, epochs: int) -> None:

@@ -144,10 +144,12 @@ class RcnnAdapter(DetectorAdapter):
                           boxes=boxes, anchors=points, anchor_strides=strides,
                           raw={"maps": maps, "images": images, "detections": dets})
 
-    def loss(self, out: DetOutputs, batch: dict,
-             sum_across: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
+    def loss(self, out: DetOutputs, batch: dict, sum_across: Callable[[Tensor], Tensor] | None = None,
+             assign_from: DetOutputs | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
         """torchvision's Faster R-CNN losses (RPN objectness + box, ROI classifier + box), summed and scaled by the
         batch size like the other adapters. There is no dense assignment: the returned one is all background."""
+        if assign_from is not None:
+            raise ModelError(f"a {self.family} student assigns its own labels (kd.assign=teacher is for YOLO students)")
         if not self.training:
             raise ModelError("Faster R-CNN loss needs train mode (RPN/ROI sampling)")
         B = out.feats[0].shape[0]

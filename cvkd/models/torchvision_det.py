@@ -190,10 +190,12 @@ class TorchvisionAdapter(DetectorAdapter):
             raw={"head": head, "anchor_boxes": anchor_boxes},
         )
 
-    def loss(self, out: DetOutputs, batch: dict,
-             sum_across: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
+    def loss(self, out: DetOutputs, batch: dict, sum_across: Callable[[Tensor], Tensor] | None = None,
+             assign_from: DetOutputs | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
         """torchvision's FCOS loss (focal + GIoU + centerness BCE, each over the foreground count), summed and scaled by
         the batch size like the YOLO loss; the assignment is FCOS's own anchor matching."""
+        if assign_from is not None:
+            raise ModelError(f"a {self.family} student assigns its own labels (kd.assign=teacher is for YOLO students)")
         dev = out.boxes.device
         B = out.boxes.shape[0]
         boxes = batch["bboxes"].to(dev).float()  # (M, 4) xyxy input pixels

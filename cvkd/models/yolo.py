@@ -84,6 +84,7 @@ def fold_conv_batchnorm(model: nn.Module) -> int:
 @register_family("yolo", matches=lambda name: name.startswith("yolo"), example="yolov8n.yaml, yolo11s.yaml")
 class YoloAdapter(DetectorAdapter):
     family = "yolo"
+    teacher_assignment = True  # loss(assign_from=): its assigner can score a teacher's predictions
 
     def __init__(self, model, class_names: list[str], arch: str | dict):
         super().__init__()
@@ -197,15 +198,30 @@ class YoloAdapter(DetectorAdapter):
             self._criteria[branch] = crit
         return crit
 
-    def _branch_loss(self, branch: str, raw: dict, ul_batch: dict, sum_across) -> tuple[Tensor, tuple]:
-        """Gain-scaled (box, cls, dfl|l1) of one branch, per image; under torchrun normalised over the global batch."""
+    def _branch_loss(self, branch: str, raw: dict, ul_batch: dict, sum_across,
+                     assign_from: DetOutputs | None = None) -> tuple[Tensor, tuple]:
+        """Gain-scaled (box, cls, dfl|l1) of one branch, per image; under torchrun normalised over the global batch.
+        ``assign_from``: the assigner scores those outputs' class probabilities and pixel boxes instead of this
+        branch's own (its first two arguments; the loss is still this branch's against what it assigns)."""
         crit = self._criterion(branch, ul_batch["bboxes"].device)
         captured: dict = {}
-        hook = crit.assigner.register_forward_hook(lambda m, i, o: captured.update(scores=o[2]))
+        hooks = [crit.assigner.register_forward_hook(lambda m, i, o: captured.update(scores=o[2]))]
+        if assign_from is not None:
+            def other_predictions(module, args):
+                scores, boxes = args[0], args[1]  # (B, A, K) probabilities, (B, A, 4) xyxy pixels
+                scores_o = assign_from.cls_logits.detach().float().sigmoid().to(scores.dtype)
+                boxes_o = assign_from.boxes.detach().to(boxes.dtype)
+                if scores_o.shape != scores.shape or boxes_o.shape != boxes.shape:
+                    raise ModelError(f"assign_from: outputs {tuple(scores_o.shape)} / {tuple(boxes_o.shape)} do not "
+                                     f"match the student's anchors {tuple(scores.shape)} / {tuple(boxes.shape)}")
+                return (scores_o, boxes_o, *args[2:])
+
+            hooks.append(crit.assigner.register_forward_pre_hook(other_predictions))
         try:
             assigned, parts, _ = crit.get_assigned_targets_and_loss(raw, ul_batch)
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         if sum_across is not None:  # several processes: normalise like one process over the global batch would
             norm_local = captured["scores"].detach().sum()  # ultralytics' per-batch normaliser (clamped at 1)
             parts = parts * norm_local.clamp(min=1) / sum_across(norm_local).clamp(min=1)  # this process's share
@@ -214,11 +230,13 @@ class YoloAdapter(DetectorAdapter):
     def start_epoch(self, epoch: int, epochs: int) -> None:
         self.one2many_weight = e2e_one2many_weight(epoch, epochs)
 
-    def loss(self, out: DetOutputs, batch: dict,
-             sum_across: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
+    def loss(self, out: DetOutputs, batch: dict, sum_across: Callable[[Tensor], Tensor] | None = None,
+             assign_from: DetOutputs | None = None) -> tuple[Tensor, dict[str, float], Assignment]:
         """ultralytics' v8 detection loss (TAL assigner, BCE + CIoU + DFL), summed and scaled by batch size as in
         ultralytics' trainer; for end-to-end heads its E2E loss (both branches, weighted by ``one2many_weight``).
-        The assignment (what KD terms use) is the one-to-many branch's."""
+        The assignment (what KD terms use) is the one-to-many branch's. ``assign_from`` (a teacher's outputs on the
+        same anchors): the one-to-many assignment scores its predictions (label assignment distillation); the
+        one-to-one branch keeps its own."""
         H, W = out.feats[0].shape[2] * self.strides[0], out.feats[0].shape[3] * self.strides[0]
         xyxy = batch["bboxes"].to(out.cls_logits.device).float()  # (M, 4) input pixels
         xywh = torch.cat([(xyxy[:, :2] + xyxy[:, 2:]) / 2, xyxy[:, 2:] - xyxy[:, :2]], 1)
@@ -226,7 +244,7 @@ class YoloAdapter(DetectorAdapter):
         ul_batch = {"batch_idx": batch["batch_idx"].to(norm.device), "cls": batch["cls"].to(norm.device),
                     "bboxes": norm}
         raw = out.raw["one2many"] if self.end2end else out.raw
-        parts, (fg_mask, _, target_boxes, _, _) = self._branch_loss("one2many", raw, ul_batch, sum_across)
+        parts, (fg_mask, _, target_boxes, _, _) = self._branch_loss("one2many", raw, ul_batch, sum_across, assign_from)
         if self.end2end:
             parts_o2o, _ = self._branch_loss("one2one", out.raw["one2one"], ul_batch, sum_across)
             parts = parts * self.one2many_weight + parts_o2o * (1 - self.one2many_weight)

@@ -75,7 +75,7 @@ def test_every_benchmark_row_and_sweep_setting_resolves(bench):
     base = _kd([])
     for setting in ("feature_w2", "feature_w18", "feature_mask_gt", "feature_mask_all", "feature_p3_only",
                     "feature_pkd", "logit_t2", "logit_w1", "box_t4", "decay_cosine", "logit_only", "feature_only",
-                    "box_only", "logit_w16", "feature_box", "box_w1", "box_giou"):
+                    "box_only", "logit_w16", "feature_box", "box_w1", "box_giou", "lad", "lad_box"):
         assert _kd(sweep.SETTINGS[setting]) != base, setting
 
 

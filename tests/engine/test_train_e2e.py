@@ -46,6 +46,16 @@ def test_distill_smoke_all_terms(tmp_path, tiny_run):
     assert "kd:\n  teacher: " in (run / "config.yaml").read_text()
 
 
+def test_distill_with_the_teachers_label_assignment(tmp_path, tiny_run):
+    teacher = _teacher(tmp_path)
+    r = run_tool("distill.py", [*tiny_run, "name=lad", "train.epochs=1", f"kd.teacher={teacher}", "kd.assign=teacher"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    log = (tmp_path / "runs" / "lad" / "train.log").read_text()
+    assert "label assignment from the teacher's predictions" in log and "plain training" not in log
+    r = run_tool("distill.py", [*tiny_run, "name=lad2", "kd.assign=teacher"])
+    assert r.returncode == 2 and "kd.assign=teacher need a teacher" in r.stderr
+
+
 def test_student_starts_from_teacher_by_weight_selection(tmp_path, tiny_run):
     teacher = _teacher(tmp_path)
     r = run_tool("distill.py", [*tiny_run, "name=ws", "train.epochs=1", f"kd.teacher={teacher}", "kd.logit=1",

@@ -25,6 +25,41 @@ def _batch():
     }
 
 
+def test_the_assigner_scores_a_teachers_predictions_when_asked():
+    """Label assignment distillation: the student's loss against the positives (and target scores) that the task-
+    aligned assigner gives the teacher's predictions; its own outputs as ``assign_from`` change nothing."""
+    torch.manual_seed(0)
+    s, t = build_detector("yolov8n.yaml", ["person"]).train(), build_detector("yolov8s.yaml", ["person"]).eval()
+    x = torch.rand(2, 3, IMG, IMG)
+    out_s = s(x)
+    with torch.no_grad():
+        out_t = t(x)
+    own, _, assign_own = s.loss(out_s, _batch())
+    same, _, assign_same = s.loss(out_s, _batch(), assign_from=out_s)
+    # the same up to rounding: the adapter's decoded pixel boxes are ultralytics' computed in another order
+    torch.testing.assert_close(same, own, rtol=1e-5, atol=0)
+    assert torch.equal(assign_own.fg_mask, assign_same.fg_mask)
+    total, _, assign = s.loss(out_s, _batch(), assign_from=out_t)
+    _, _, assign_t = t.train().loss(out_t, _batch())  # the teacher's own assignment of the same labels
+    assert torch.equal(assign.fg_mask, assign_t.fg_mask) and not torch.equal(assign.fg_mask, assign_own.fg_mask)
+    total.backward()
+    assert all(p.grad is not None for p in s.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in t.parameters())
+    wrong = replace(out_t, cls_logits=out_t.cls_logits[:, :-1], boxes=out_t.boxes[:, :-1])
+    with pytest.raises(ModelError, match="do not match the student's anchors"):
+        s.loss(s(x), _batch(), assign_from=wrong)
+
+
+def test_only_yolo_students_take_the_teachers_assignment():
+    fcos = build_detector("fcos_mobilenet_v3_small_fpn", ["person"], width=0.25).train()
+    yolo = build_detector("yolov8n.yaml", ["person"])
+    with pytest.raises(ModelError, match="kd.assign=teacher: a torchvision student assigns its own labels"):
+        Distiller(KDConfig(assign="teacher"), fcos, yolo, IMG)
+    out = fcos(torch.rand(1, 3, IMG, IMG))
+    with pytest.raises(ModelError, match="assigns its own labels"):
+        fcos.loss(out, _batch(), assign_from=out)
+
+
 @pytest.mark.parametrize("name", ["yolov8n.yaml", "yolo11n.yaml"])
 def test_output_shapes(name):
     m = build_detector(name, ["person"]).train()
