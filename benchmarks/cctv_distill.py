@@ -97,6 +97,7 @@ KD_ROWS["all_joint_ws"] = [*KD_ROWS["all_joint"], "model.init_from=teacher"]
 # LD alone on top of weight selection: the logit term decouples the student's scores from its own box quality
 # (benchmarks/kd_sweep.py, the feature_box / box_* settings), the box term teaches the localisation itself
 KD_ROWS["box_ws"] = [*KD_ROWS["box"], "model.init_from=teacher"]
+KD_ROWS["feature_box_ws"] = [*KD_ROWS["all_joint_ws"], "kd.logit=0"]  # all_joint_ws without its logit term
 ALL_ROWS = ["teacher", "student", *KD_ROWS, "ultralytics_none", "ultralytics_kd"]
 # configs/cctv_distill.yaml holds all_joint_ws; these overrides turn it back into all_sw (the yaml before all_joint),
 # for the runs of the other benchmarks that were measured with it

@@ -68,6 +68,9 @@ def test_every_benchmark_row_and_sweep_setting_resolves(bench):
     assert box_ws.logit == box_ws.feature == 0 and (box_ws.box, box_ws.box_loss, box_ws.box_t, box_ws.box_region) == (
         box_only.box, box_only.box_loss, box_only.box_t, box_only.box_region)
     assert "model.init_from=teacher" in cctv.KD_ROWS["box_ws"]
+    # feature_box_ws is the sweep's feature_box (the yaml without its logit term) on the benchmark's start
+    assert _kd([*cctv.KD_RESET, *cctv.KD_ROWS["feature_box_ws"]]) == _kd(sweep.SETTINGS["feature_box"])
+    assert "model.init_from=teacher" in cctv.KD_ROWS["feature_box_ws"]
     for setting, extra in sweep.SETTINGS.items():
         if extra is not None:
             _kd(extra)
