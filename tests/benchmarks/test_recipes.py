@@ -166,6 +166,10 @@ def test_sweep_gains_pair_training_seeds_and_draw_a_frames_copies_together(bench
     assert f"| logit_only | ws | 0 | t.pt | 2 | {50 / 101:+.4f} / {50 / 101:+.4f} | {50 / 101:+.4f} |" in out
     assert seen["n"] == 2 and list(seen["groups"]) == [f"frame{i // 2}" for i in range(20)]
     assert "\n| baseline |" not in out  # no row of the baseline against itself
+    assert "| significant |" in out
+    del table[("logit_only", 0, 1, ws_t, "ws")]  # one training seed left: frames only, not a claim
+    sweep.print_gains(table, 0.2, tmp_path)
+    assert "| above 0 over frames (1 seed) |" in capsys.readouterr().out
 
 
 def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fake_quant(monkeypatch):
