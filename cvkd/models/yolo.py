@@ -76,7 +76,10 @@ def fold_conv_batchnorm(model: nn.Module) -> int:
             fused.weight, fused.bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
                                                             bn.eps, bn.weight, bn.bias)
             fused.bias.requires_grad_(conv.weight.requires_grad)  # a conv without bias gets a fresh, frozen one
-            m.conv, m.bn = fused, nn.Identity()
+            # ultralytics' own convention for a fused Conv (no bn, forward_fuse): its fuse() then leaves it alone
+            m.conv = fused
+            delattr(m, "bn")
+            m.forward = m.forward_fuse
             folded += 1
     return folded
 

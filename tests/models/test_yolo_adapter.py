@@ -321,6 +321,8 @@ def test_folding_batchnorm_keeps_the_teachers_outputs(name):
         before = m(x)
         assert m.fold_batchnorm() > 50
     assert not any(p.requires_grad for p in m.parameters())  # the folded teacher stays frozen
+    # ultralytics' convention for a fused Conv (its fuse() skips a Conv without bn)
+    assert not any(hasattr(mod, "bn") for mod in m.modules() if type(mod).__name__ in ("Conv", "DWConv"))
     with torch.no_grad():
         after = m(x)
     assert not any(isinstance(mod, torch.nn.BatchNorm2d) for mod in m.modules())
