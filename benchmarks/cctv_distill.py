@@ -382,12 +382,8 @@ def comparisons(records: list[dict]) -> list[tuple[tuple, tuple]]:
 def print_gains(records: list[dict]) -> None:
     """Paired gains over the seeds both rows have, with 95 % intervals (cvkd.eval.bootstrap: training seeds and
     val-image resamples), from the kept predictions; rows without them are left out."""
-    import json
-    import lzma
-
     from cvkd.data import load_coco, to_coco_dict
-    from cvkd.eval.bootstrap import image_matches, paired_gain
-    from cvkd.eval.coco_eval import remap_predictions
+    from cvkd.eval.bootstrap import file_matches, paired_gain
 
     groups, rows, data = group_rows(records), [], None
     for key, ref in comparisons(records):
@@ -401,11 +397,7 @@ def print_gains(records: list[dict]) -> None:
             data = load_coco(DATA / "val.json", SRC / DS["val_images"], DS["class_map"])
             gt = to_coco_dict(data)
 
-        def matches(path: Path):
-            with lzma.open(path, "rt", encoding="utf-8") as f:
-                return image_matches(gt, remap_predictions(json.load(f), data, str(path)))
-
-        g = paired_gain([(matches(a), matches(b)) for a, b in files])
+        g = paired_gain([(file_matches(a, data, gt), file_matches(b, data, gt)) for a, b in files])
         rows.append((key, ref, g))
     if not rows:
         return

@@ -164,11 +164,8 @@ def print_gains(table: dict, fraction: float, out: Path) -> None:
     """Each setting against the baseline of its split, teacher and start, paired by training seed, with a 95 %
     interval (cvkd.eval.bootstrap) over training seeds and tuning-val frames; rows without kept detections are left
     out. With one training seed the interval holds the frames' variation only (the column says so)."""
-    import lzma
-
     from cvkd.data import load_coco, to_coco_dict
-    from cvkd.eval.bootstrap import image_matches, paired_gain
-    from cvkd.eval.coco_eval import remap_predictions
+    from cvkd.eval.bootstrap import file_matches, paired_gain
 
     for r in table.values():  # runs of sweeps before the detections were kept
         kept, written = preds_path(r["run"], RESULTS), ROOT / r["run"] / "val_predictions.json"
@@ -194,9 +191,7 @@ def print_gains(table: dict, fraction: float, out: Path) -> None:
         data, gt, frames = splits[seed]
 
         def matches(run: str):
-            path = preds_path(run, RESULTS)
-            with lzma.open(path, "rt", encoding="utf-8") as f:
-                return image_matches(gt, remap_predictions(json.load(f), data, str(path)))
+            return file_matches(preds_path(run, RESULTS), data, gt)
 
         g = paired_gain([(matches(runs[t]["run"]), matches(base[t]["run"])) for t in paired], groups=frames)
         # one training seed: the interval holds the frames' variation only, which ranks but does not make a claim

@@ -78,15 +78,12 @@ def compare(preds: list[str], baselines: list[str], data, n_boot: int) -> dict:
     """Paired gain of ``preds`` over ``baselines`` (the i-th of each from the same training seed), with the 95 %
     interval of :mod:`cvkd.eval.bootstrap` (training seeds and val-image resamples)."""
     from cvkd.data import to_coco_dict
-    from cvkd.data.coco import read_json
-    from cvkd.eval.bootstrap import image_matches, paired_gain
-    from cvkd.eval.coco_eval import remap_predictions
+    from cvkd.eval.bootstrap import file_matches, paired_gain
 
     if not baselines or len(preds) != len(baselines):
         raise ConfigError(f"--pred and --baseline need one file each per seed, got {len(preds)} and {len(baselines)}")
     gt = to_coco_dict(data)
-    pairs = [tuple(image_matches(gt, remap_predictions(read_json(f), data, f)) for f in pair)
-             for pair in zip(preds, baselines)]
+    pairs = [tuple(file_matches(f, data, gt) for f in pair) for pair in zip(preds, baselines)]
     g = paired_gain(pairs, n_boot=n_boot)
     print(f"{'seed':<5} {'mAP':>7} {'baseline':>8} {'gain':>8}")
     for i, (a, b, d) in enumerate(zip(g.map_a, g.map_b, g.per_seed)):

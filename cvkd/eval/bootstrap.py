@@ -87,6 +87,17 @@ def image_matches(gt_dict: dict, results: list[dict]) -> ImageMatches:
     return ImageMatches(cats, n_img)
 
 
+def file_matches(path, data, gt_dict: dict | None = None) -> ImageMatches:
+    """:func:`image_matches` of a detections file (COCO results ``.json``, or the ``.json.xz`` benchmarks keep) against
+    the validated set ``data`` (a ``cvkd.data.CocoData``), its categories mapped as the set's class map says; pass
+    ``gt_dict = to_coco_dict(data)`` when scoring many files against one set."""
+    from cvkd.data import to_coco_dict
+    from cvkd.data.coco import read_json
+    from cvkd.eval.coco_eval import remap_predictions
+
+    return image_matches(gt_dict or to_coco_dict(data), remap_predictions(read_json(path), data, str(path)))
+
+
 def weighted_map(m: ImageMatches, weights: np.ndarray | None = None) -> float:
     """AP@[.5:.95] with image ``i`` counted ``weights[i]`` times (None = once each); categories without ground
     truth are left out of the mean, -1 if none has any (pycocotools' conventions)."""

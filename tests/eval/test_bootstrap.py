@@ -159,6 +159,29 @@ def test_compressed_detections_are_read_and_a_corrupt_file_is_one_line(tmp_path)
         read_json(tmp_path / "bad.json.xz")
 
 
+def test_a_kept_detections_file_scores_as_its_list(tmp_path):
+    """file_matches reads a .json.xz through the set's class map: merging both categories into one changes the score
+    exactly as merging them in the lists does."""
+    import json
+    import lzma
+
+    from cvkd.data import load_coco, to_coco_dict
+    from cvkd.eval.bootstrap import file_matches
+
+    gt, dets = synthetic()
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with lzma.open(tmp_path / "d.json.xz", "wt", encoding="utf-8") as f:
+        json.dump(dets, f)
+    data = load_coco(tmp_path / "gt.json", check_images=False)
+    assert weighted_map(file_matches(tmp_path / "d.json.xz", data)) == pytest.approx(pycoco_map(gt, dets), abs=1e-12)
+    merged = load_coco(tmp_path / "gt.json", class_map={"a": "x", "b": "x"}, check_images=False)
+    gt_m = to_coco_dict(merged)
+    dets_m = [{**d, "category_id": gt_m["categories"][0]["id"]} for d in dets]
+    got = weighted_map(file_matches(tmp_path / "d.json.xz", merged, gt_m))
+    assert got == pytest.approx(weighted_map(image_matches(gt_m, dets_m)), abs=1e-12)
+    assert got != pytest.approx(pycoco_map(gt, dets), abs=1e-6)
+
+
 def test_unpaired_difference_is_welchs_interval():
     from scipy.stats import ttest_ind
 
