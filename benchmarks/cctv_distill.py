@@ -466,7 +466,8 @@ def main() -> None:
                          "name from any schedule)")
     ap.add_argument("--teacher-epochs", type=int, default=0,
                     help="with --teacher-weights: weights trained elsewhere (no run of this benchmark), after this "
-                         "many epochs; they get their own teacher row, scored by cvkd's evaluator (merged classes)")
+                         "many epochs; they get their own teacher row, scored by cvkd's evaluator (merged classes), "
+                         "once; `--rows teacher` then scores them alone and trains nothing")
     ap.add_argument("--teacher-classes", default="",
                     help="kd.teacher_classes of the KD rows, for a teacher of other classes than the student's, e.g. "
                          "'{\"0\": person, \"1\": person}' (the two-class e88 teacher)")
@@ -511,8 +512,9 @@ def main() -> None:
                      "(give --teacher-epochs to score these weights as their own teacher row)")
         else:
             teacher_rel = teacher_rel if teacher_rel in named else named[0]
-    # the baselines need no teacher: `--rows student ultralytics_none` runs beside a process training it
-    needs_teacher = "teacher" in args.rows or (not args.teacher_weights and any(
+    # the baselines need no teacher: `--rows student ultralytics_none` runs beside a process training it; with
+    # --teacher-weights the teacher is those weights (scored above), so nothing trains one
+    needs_teacher = not args.teacher_weights and ("teacher" in args.rows or any(
         r in KD_ROWS or r == "ultralytics_kd" for r in args.rows))
 
     def add(rec: dict) -> None:

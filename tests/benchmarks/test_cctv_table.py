@@ -196,3 +196,17 @@ def test_rows_of_the_two_cvkd_pipelines_are_kept_apart(bench, capsys):
         assert sorted(r["pipeline"] for r in csv.DictReader(f)) == ["cvkd", "cvkd_v1"]
     table = capsys.readouterr().out
     assert "| linear | cvkd_v1 |  | 1 | 0.3000 +- 0.0000 |" in table and "| linear | cvkd |  | 1 | 0.4000 +- 0.0000 |" in table
+
+
+def test_rows_teacher_with_teacher_weights_scores_them_and_trains_nothing(bench, monkeypatch, tmp_path):
+    """`--rows teacher --teacher-weights W --teacher-epochs N` adds W's own row; it must not train a teacher run."""
+    weights = tmp_path / "t.pt.xz"
+    weights.write_bytes(b"")
+    scored, trained = [], []
+    monkeypatch.setattr(bench, "ensure_data", lambda: None)
+    monkeypatch.setattr(bench, "add_teacher_row", lambda table, pt, rel, args: scored.append(pt) or table)
+    monkeypatch.setattr(bench, "run_cvkd", lambda *a, **k: trained.append(a))
+    monkeypatch.setattr(sys, "argv", ["cctv_distill.py", "--rows", "teacher", "--teacher-weights", str(weights),
+                                      "--teacher", "ul_e5", "--teacher-epochs", "5", "--out", str(tmp_path)])
+    bench.main()
+    assert scored == [weights] and trained == []
