@@ -15,7 +15,7 @@ itself is measured on val (benchmarks/cctv_distill.py).
 
     python benchmarks/kd_sweep.py --epochs 30 --threads 1                 # every setting
     python benchmarks/kd_sweep.py --settings baseline all_sw logit_t2     # some of them
-    python benchmarks/kd_sweep.py --start ws --teacher checkpoints/cctv_yolov8s_320_e158_fp16.pt.xz \\
+    python benchmarks/kd_sweep.py --start ws --teacher checkpoints/cctv_yolov8s_320_e188_fp16.pt.xz \\
         --teacher-classes '{"0": person, "1": person}' --settings baseline feature_joint logit_only --threads 1
 
 Writes benchmarks/results/kd_sweep.csv (setting,overrides,start,seed,train_seed,teacher,epochs,tune_frames,map,ap50,
