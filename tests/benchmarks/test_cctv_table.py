@@ -210,3 +210,15 @@ def test_rows_teacher_with_teacher_weights_scores_them_and_trains_nothing(bench,
                                       "--teacher", "ul_e5", "--teacher-epochs", "5", "--out", str(tmp_path)])
     bench.main()
     assert scored == [weights] and trained == []
+
+
+def test_kept_detections_keep_a_hundredth_of_a_pixel(bench, tmp_path):
+    """Rounding the kept boxes to 0.1 px moved a CCTV run's mAP by 0.001; they keep 0.01 px and 5 score decimals."""
+    import json
+    import lzma
+
+    det = {"image_id": 1, "category_id": 0, "bbox": [10.123456, 20.987654, 30.556, 40.004999], "score": 0.1234567}
+    bench.keep_predictions("runs/x/run_s0", [dict(det)], tmp_path / "t.csv")
+    with lzma.open(tmp_path / "preds" / "t" / "run_s0.json.xz", "rt", encoding="utf-8") as f:
+        (kept,) = json.load(f)
+    assert kept["bbox"] == [10.12, 20.99, 30.56, 40.0] and kept["score"] == 0.12346
