@@ -33,15 +33,21 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("YOLO_OFFLINE", "1")
 SHARED = ROOT.parent / "shared" / "datasets" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "qat.csv"
-COLUMNS = ["scheme", "row", "seed", "epochs", "map", "ap50", "latency_ms", "size_mb", "student", "teacher", "file"]
+COLUMNS = ["scheme", "row", "seed", "epochs", "lr", "kd", "map", "ap50", "latency_ms", "size_mb", "student", "teacher",
+           "file"]
 ROWS = ["fp32", "fp32_ft", "ptq", "qat", "qat_kd", "qat_self"]
 DATA = [f"data.train_json={ROOT / 'data/cctv_people/train.json'}", f"data.train_images={SHARED / 'train/images'}",
         f"data.val_json={ROOT / 'data/cctv_people/val.json'}", f"data.val_images={SHARED / 'valid/images'}",
         "data.class_map={'0': person, '1': person}"]
-# KD of the qat_kd / qat_self rows: the logit and feature terms of the CCTV recipe (configs/cctv_distill.yaml),
-# no box term (the quantized head's boxes learn from the labels)
-KD = ["kd.logit=4.0", "kd.logit_t=1.0", "kd.feature=6.0", "kd.feature_loss=hint", "kd.feature_norm=joint",
-      "kd.feature_mask=teacher_score", "kd.feature_adapter=mlp", "kd.box=0"]
+# KD terms of the qat_kd / qat_self rows (--kd):
+# * box: LD on the DFL bins alone (w 0.25, T 10), the term the tuning split chose on top of a ws start
+#   (benchmarks/kd_sweep.py, row box_only); it needs no adapter, so the 3-epoch fine-tune trains no fresh module;
+# * logit_feature: the logit and feature terms of configs/cctv_distill.yaml with their MLP adapter (the first look)
+KD_RECIPES = {
+    "box": ["kd.logit=0", "kd.feature=0", "kd.box=0.25", "kd.box_loss=ld", "kd.box_t=10.0"],
+    "logit_feature": ["kd.logit=4.0", "kd.logit_t=1.0", "kd.feature=6.0", "kd.feature_loss=hint",
+                      "kd.feature_norm=joint", "kd.feature_mask=teacher_score", "kd.feature_adapter=mlp", "kd.box=0"],
+}
 
 
 def score_onnx(path: Path, val, imgsz: int, threads: int) -> dict:
@@ -74,9 +80,12 @@ def export(weights: Path, out: Path, imgsz: int, **kw) -> dict:
 
 def qat_command(args, row: str, scheme: str, seed: int) -> tuple[str, list[str]]:
     """(run name, command) of a QAT fine-tune of the student; ``fp32_ft``: the same without fake quantization."""
-    name = f"qat_{scheme}_{row}_e{args.epochs}_s{seed}" if row != "fp32_ft" else f"ft_e{args.epochs}_s{seed}"
-    kd = {"qat": [], "fp32_ft": [], "qat_kd": [f"kd.teacher={args.teacher}", *KD, *args.teacher_kd],
-          "qat_self": [f"kd.teacher={args.student}", *KD]}[row]
+    recipe = KD_RECIPES[args.kd]
+    kd = {"qat": [], "fp32_ft": [], "qat_kd": [f"kd.teacher={args.teacher}", *recipe, *args.teacher_kd],
+          "qat_self": [f"kd.teacher={args.student}", *recipe]}[row]
+    tag = f"{row}_{args.kd}" if kd and args.kd != "logit_feature" else row  # logit_feature: the first look's names
+    sched = f"e{args.epochs}" + (f"_lr{args.lr:g}" if args.lr != 0.001 else "")  # 0.001: the first look's names
+    name = f"qat_{scheme}_{tag}_{sched}_s{seed}" if row != "fp32_ft" else f"ft_{sched}_s{seed}"
     tool = "distill.py" if kd else "train.py"
     cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / "cctv_student.yaml"), *DATA,
            f"out={args.out}", f"name={name}", f"model.name={args.student}",
@@ -106,7 +115,10 @@ def main() -> None:
     ap.add_argument("--rows", nargs="+", default=ROWS, choices=ROWS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the QAT rows")
     ap.add_argument("--epochs", type=int, default=3, help="QAT fine-tune epochs (default 3)")
-    ap.add_argument("--lr", type=float, default=0.001, help="QAT fine-tune SGD learning rate (default 0.001)")
+    ap.add_argument("--kd", default="box", choices=sorted(KD_RECIPES),
+                    help="KD terms of the qat_kd and qat_self rows (default box: LD alone, see KD_RECIPES)")
+    ap.add_argument("--lr", type=float, default=0.0001,
+                    help="QAT fine-tune SGD learning rate (default 0.0001: the student's own final rate, lr x lrf)")
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of training and of ORT timing (default 1)")
     ap.add_argument("--calib-frames", type=int, default=100, help="PTQ calibration frames from the train set")
@@ -141,7 +153,9 @@ def run_rows(args) -> None:
                     path = export(weights, weights.parent / "export", args.imgsz)[
                         "full_fp32" if row == "fp32_ft" else "full_int8"]
                 rec = {"scheme": "fp32" if row.startswith("fp32") else scheme, "row": row, "seed": seed,
-                       "epochs": 0 if row == "fp32" else args.epochs, "student": rel(student),
+                       "epochs": 0 if row == "fp32" else args.epochs, "lr": "" if row in ("fp32", "ptq") else args.lr,
+                       "student": rel(student),
+                       "kd": args.kd if row in ("qat_kd", "qat_self") else "",
                        "teacher": rel(Path(args.teacher)) if row == "qat_kd" else "", "file": rel(path),
                        **score_onnx(path, val, args.imgsz, args.threads)}
                 append(rec)
@@ -156,15 +170,19 @@ def rel(p: Path) -> str:
 
 
 def append(rec: dict) -> None:
-    rows = read()
-    rows = [r for r in rows if (r["scheme"], r["row"], str(r["seed"]), r["student"]) !=
-            (rec["scheme"], rec["row"], str(rec["seed"]), rec["student"])] + [rec]
+    """Add (or replace) one row; locked, so two runs of this script (one per scheme) can share the CSV."""
+    import fcntl
+
+    key = ("scheme", "row", "seed", "lr", "kd", "student")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
+    with (RESULTS.parent / ".qat.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = [r for r in read() if tuple(str(r.get(k, "")) for k in key) != tuple(str(rec[k]) for k in key)]
+        with RESULTS.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            for r in [*rows, rec]:
+                w.writerow({k: (f"{r[k]:.4f}" if isinstance(r.get(k), float) else r.get(k, "")) for k in COLUMNS})
 
 
 def read() -> list[dict]:
@@ -177,13 +195,13 @@ def read() -> list[dict]:
 def print_table() -> None:
     groups: dict = {}
     for r in read():
-        groups.setdefault((r["student"], r["scheme"], r["row"]), []).append(r)
-    print("\n| student | scheme | row | seeds | mAP@[.5:.95] mean +- sd | AP50 | ORT latency (ms, 1 thread) | MB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for (student, scheme, row), rs in groups.items():
+        groups.setdefault((r["student"], r["scheme"], r["row"], r.get("lr", ""), r.get("kd", "")), []).append(r)
+    print("\n| student | scheme | row | lr | KD | seeds | mAP@[.5:.95] mean +- sd | AP50 | ORT latency (ms, 1 thread) | MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (student, scheme, row, lr, kd), rs in groups.items():
         maps = [float(r["map"]) for r in rs]
         sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
-        print(f"| {Path(student).parent.name} | {scheme} | {row} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} "
+        print(f"| {Path(student).parent.name} | {scheme} | {row} | {lr or '-'} | {kd or '-'} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} "
               f"| {statistics.mean(float(r['ap50']) for r in rs):.4f} | "
               f"{statistics.mean(float(r['latency_ms']) for r in rs):.1f} | {float(rs[0]['size_mb']):.2f} |")
     print(f"\nwritten {RESULTS}")

@@ -179,7 +179,8 @@ def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fa
     sys.modules.pop("qat", None)
     import qat
 
-    args = SimpleNamespace(teacher="t.pt", teacher_kd=[], student="s.pt", out="runs/q", epochs=3, threads=1, lr=0.001)
+    args = SimpleNamespace(teacher="t.pt", teacher_kd=[], student="s.pt", out="runs/q", epochs=3, threads=1, lr=0.001,
+                           kd="box")
     for row in [r for r in qat.ROWS if r not in ("fp32", "ptq")]:
         for scheme in ("per_channel", "npu"):
             name, cmd = qat.qat_command(args, row, scheme, 0)

@@ -23,11 +23,11 @@ from cvkd.models import build_detector
 IMG = 64
 
 
-def calibrated(scheme: str, lively: bool = False):
+def calibrated(scheme: str, lively: bool = False, arch: str = "yolov8n.yaml"):
     """A calibrated fake-quant YOLOv8n; ``lively``: weights drawn wider than the init, whose deep activations are
     nearly constant (quantized to one level, leaving the head convs without a gradient)."""
     torch.manual_seed(0)
-    m = build_detector("yolov8n.yaml", ["person"])
+    m = build_detector(arch, ["person"])
     if lively:
         with torch.no_grad():
             for name, p in m.model.named_parameters():
@@ -109,6 +109,29 @@ def test_qdq_export_runs_in_ort_and_matches_the_fake_quant_model(scheme, tmp_pat
         produced = {o: nd for nd in model.graph.node for o in nd.output}
         w_dq = [produced[nd.input[1]] for nd in model.graph.node if nd.op_type == "Conv" and nd.input[1] in produced]
         assert len(w_dq) == n and all(inits[d.input[1]].size == 1 for d in w_dq if d.input[1] in inits)
+
+
+def test_yolo26_qat_exports_its_one_to_one_head_as_int8_and_matches_the_fake_quant_model(tmp_path):
+    m, n = calibrated("per_channel", arch="yolo26n.yaml")
+    head = f"model.{len(m.model.model) - 1}."
+    one_to_many = [k for k, mod in m.model.named_modules() if isinstance(mod, FakeQuantConv)
+                   and k.startswith(head) and k.split(".")[2] in ("cv2", "cv3")]
+    assert n == 126 and len(one_to_many) == 24  # both branches train quantized
+    x = torch.rand(1, 3, IMG, IMG)
+    with torch.no_grad():
+        ref = m(x)
+    path = export_onnx(m, tmp_path / "q.onnx", IMG, "full", opset=13)
+    model = onnx.load(str(path))
+    # the deployed graph holds the one-to-one branch only: the one-to-many convs are not exported
+    assert quantize_biases(model) == fold_weight_quantization(model) == n - len(one_to_many)
+    onnx.save(model, str(path))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(out[..., :4], ref.boxes.numpy(), atol=1e-3 * IMG)
+    np.testing.assert_allclose(out[..., 4:], ref.cls_logits.sigmoid().numpy(), atol=1e-5)
+    ops = collections.Counter(nd.op_type for nd in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    assert ops["QLinearConv"] == n - len(one_to_many) and ops["Conv"] == 0
 
 
 def test_kd_terms_reach_the_quantized_student_and_not_the_teacher():
