@@ -50,16 +50,20 @@ KD_RECIPES = {
 }
 
 
-def score_onnx(path: Path, val, imgsz: int, threads: int) -> dict:
-    """mAP through ORT, and the mean latency of 50 single-image runs after 10 warm-up runs."""
+def score_onnx(path: Path, val, imgsz: int, threads: int, keep: str = "") -> dict:
+    """mAP through ORT, and the mean latency of 50 single-image runs after 10 warm-up runs; ``keep``: the name under
+    which the detections are kept (benchmarks/results/preds/qat/) for the paired gains."""
     import numpy as np
 
+    from cctv_distill import keep_predictions
     from cvkd.deploy import OrtDetector
     from cvkd.deploy.ort_detector import model_size_mb
     from cvkd.deploy.pipeline import score
 
-    det = OrtDetector(path, threads)
-    m = score(det, val, imgsz)
+    det, preds = OrtDetector(path, threads), []
+    m = score(det, val, imgsz, predictions_out=preds)
+    if keep:
+        keep_predictions(keep, preds, RESULTS)
     x = np.random.default_rng(0).random((1, 3, imgsz, imgsz), dtype=np.float32)
     for _ in range(10):
         det.session.run(None, {det.input_name: x})
@@ -123,19 +127,50 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of training and of ORT timing (default 1)")
     ap.add_argument("--calib-frames", type=int, default=100, help="PTQ calibration frames from the train set")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_qat"), help="folder of the QAT runs and exports")
-    ap.add_argument("--table-only", action="store_true", help="print the table from the CSV")
+    ap.add_argument("--table-only", action="store_true", help="print the table and the paired gains from the CSV")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score and time again the CSV rows of --student from their ONNX files, keeping their "
+                         "detections (run it on a quiet machine: the latency column)")
     args = ap.parse_args()
     args.teacher_kd = [f"kd.teacher_classes={args.teacher_classes}"] if args.teacher_classes else []
-    if not args.table_only:
+    if args.rescore:
+        rescore(args)
+    elif not args.table_only:
         run_rows(args)
     print_table()
+    print_gains()
+
+
+def pred_name(rec: dict) -> str:
+    """The name of a row's kept detections: one per student, scheme, row, fine-tune lr, KD recipe and seed."""
+    parts = [Path(rec["student"]).parent.name, rec["scheme"], rec["row"], str(rec.get("lr") or ""),
+             rec.get("kd") or "", f"s{rec['seed']}"]
+    return "_".join(p for p in parts if p)
+
+
+def val_set():
+    from cvkd.data import load_coco
+
+    return load_coco(ROOT / "data/cctv_people/val.json", SHARED / "valid/images", {"0": "person", "1": "person"})
+
+
+def rescore(args) -> None:
+    """Score the CSV rows of ``--student`` again from their ONNX files: keeps their detections (for the paired gains)
+    and re-times them, e.g. on a quiet machine after runs that shared it with trainings."""
+    val, student = val_set(), rel(Path(args.student))
+    for rec in [r for r in read() if r["student"] == student]:
+        if not (ROOT / rec["file"]).is_file():
+            print(f"{rec['file']}: not here, row left as it is")
+            continue
+        old = float(rec["map"])
+        rec.update(score_onnx(ROOT / rec["file"], val, args.imgsz, args.threads, keep=pred_name(rec)))
+        append(rec)
+        print(f"{rec['scheme']} {rec['row']} s{rec['seed']}: map {old:.4f} -> {rec['map']:.4f}, "
+              f"{rec['latency_ms']:.1f} ms", flush=True)
 
 
 def run_rows(args) -> None:
-    from cvkd.data import load_coco
-
-    val = load_coco(ROOT / "data/cctv_people/val.json", SHARED / "valid/images", {"0": "person", "1": "person"})
-    student = Path(args.student)
+    val, student = val_set(), Path(args.student)
     for scheme in args.schemes:
         for row in args.rows:
             for seed in (args.seeds if row.startswith("qat") or row == "fp32_ft" else [0]):
@@ -153,11 +188,11 @@ def run_rows(args) -> None:
                     path = export(weights, weights.parent / "export", args.imgsz)[
                         "full_fp32" if row == "fp32_ft" else "full_int8"]
                 rec = {"scheme": "fp32" if row.startswith("fp32") else scheme, "row": row, "seed": seed,
-                       "epochs": 0 if row == "fp32" else args.epochs, "lr": "" if row in ("fp32", "ptq") else args.lr,
-                       "student": rel(student),
+                       "epochs": 0 if row == "fp32" else args.epochs,
+                       "lr": "" if row in ("fp32", "ptq") else f"{args.lr:g}", "student": rel(student),
                        "kd": args.kd if row in ("qat_kd", "qat_self") else "",
-                       "teacher": rel(Path(args.teacher)) if row == "qat_kd" else "", "file": rel(path),
-                       **score_onnx(path, val, args.imgsz, args.threads)}
+                       "teacher": rel(Path(args.teacher)) if row == "qat_kd" else "", "file": rel(path)}
+                rec.update(score_onnx(path, val, args.imgsz, args.threads, keep=pred_name(rec)))
                 append(rec)
                 print(f"{rec['scheme']} {row} s{seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
@@ -205,6 +240,46 @@ def print_table() -> None:
               f"| {statistics.mean(float(r['ap50']) for r in rs):.4f} | "
               f"{statistics.mean(float(r['latency_ms']) for r in rs):.1f} | {float(rs[0]['size_mb']):.2f} |")
     print(f"\nwritten {RESULTS}")
+
+
+# (row, compared with) of the paired gains; FP32 and PTQ are one model each, paired with every seed of the other row
+COMPARISONS = [("ptq", "fp32"), ("qat", "fp32"), ("qat", "fp32_ft"), ("qat_kd", "fp32"), ("qat_kd", "fp32_ft"),
+               ("qat_kd", "ptq"), ("qat_kd", "qat"), ("qat_self", "fp32"), ("qat_self", "qat")]
+
+
+def print_gains() -> None:
+    """Paired gains of the rows with kept detections, per student, scheme, fine-tune lr and KD recipe, with 95 %
+    intervals over the QAT seeds and val-image resamples (cvkd.eval.bootstrap)."""
+    from cctv_distill import preds_path
+    from cvkd.data import to_coco_dict
+    from cvkd.eval.bootstrap import file_matches, paired_gain
+
+    recs = [r for r in read() if preds_path(pred_name(r), RESULTS).is_file()]
+    data = gt = None
+    lines = []
+    for a_row, b_row in COMPARISONS:
+        for key in sorted({(r["student"], r["scheme"], r["lr"], r["kd"]) for r in recs if r["row"] == a_row}):
+            student, scheme, lr, kd = key
+            a = {r["seed"]: r for r in recs if (r["student"], r["scheme"], r["lr"], r["kd"], r["row"]) == (*key, a_row)}
+            b = [r for r in recs if r["student"] == student and r["row"] == b_row
+                 and r["scheme"] in (scheme, "fp32") and (b_row in ("fp32", "ptq") or r["lr"] == lr)]
+            b_seed = {r["seed"]: r for r in b}
+            pairs = [(a[s], b_seed[s] if b_row not in ("fp32", "ptq") else b[0]) for s in sorted(a)
+                     if b and (b_row in ("fp32", "ptq") or s in b_seed)]
+            if not pairs:
+                continue
+            if data is None:
+                data = val_set()
+                gt = to_coco_dict(data)
+            g = paired_gain([(file_matches(preds_path(pred_name(x), RESULTS), data, gt),
+                              file_matches(preds_path(pred_name(y), RESULTS), data, gt)) for x, y in pairs])
+            lines.append(f"| {Path(student).parent.name} | {scheme} | {lr or '-'} | {kd or '-'} | {a_row} | {b_row} | "
+                         f"{len(pairs)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | "
+                         f"{'significant' if g.significant else 'not significant'} |")
+    if lines:
+        print("\n| student | scheme | lr | KD | row | compared with | seeds | gain (mean paired) | 95 % interval | |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

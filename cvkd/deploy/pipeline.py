@@ -156,14 +156,15 @@ def predictors(adapter: DetectorAdapter | None, files: dict[str, Path], threads:
 
 
 def score(detector: Any, data: CocoData, imgsz: int, conf: float = 0.001, iou: float = 0.7,
-          max_det: int = 300, batch_size: int = 8) -> dict[str, Any]:
-    """COCO metrics of ``detector.predict`` on ``data`` through :func:`cvkd.eval.evaluate`."""
+          max_det: int = 300, batch_size: int = 8, predictions_out: list | None = None) -> dict[str, Any]:
+    """COCO metrics of ``detector.predict`` on ``data`` through :func:`cvkd.eval.evaluate`; ``predictions_out``, if
+    a list, receives the scored detections (COCO results)."""
     from ..eval import evaluate
 
     where = f"{getattr(detector, 'path', 'model')} on {data.json_path}"
     check_class_names(data.class_names, list(detector.class_names), where)
     return evaluate(lambda img: detector.predict(img, conf=conf, iou=iou, max_det=max_det), data, imgsz, batch_size,
-                    "cpu", cache=False, quiet=True)
+                    "cpu", cache=False, quiet=True, predictions_out=predictions_out)
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

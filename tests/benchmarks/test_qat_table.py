@@ -1,0 +1,67 @@
+"""benchmarks/qat.py: rows keep their detections, and the paired gains pair the right rows."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture()
+def qat(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(BENCH))
+    sys.modules.pop("qat", None)
+    import qat
+
+    monkeypatch.setattr(qat, "RESULTS", tmp_path / "qat.csv")
+    # a ground truth of 20 one-box images
+    gt = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in range(1, 21)],
+          "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [8, 8, 32, 32], "area": 1024,
+                           "iscrowd": 0} for i in range(1, 21)],
+          "categories": [{"id": 1, "name": "person"}]}
+    (tmp_path / "val.json").write_text(json.dumps(gt))
+    from cvkd.data import load_coco
+
+    monkeypatch.setattr(qat, "val_set", lambda: load_coco(tmp_path / "val.json", None, None, check_images=False))
+    return qat
+
+
+def _add(qat, scheme, row, seed, found, lr="", kd=""):
+    from cctv_distill import keep_predictions
+
+    rec = {"scheme": scheme, "row": row, "seed": seed, "epochs": 3, "lr": lr, "kd": kd, "map": len(found) / 20,
+           "ap50": 0.5, "latency_ms": 1.0, "size_mb": 1.0, "student": "runs/s/final.pt", "teacher": "", "file": "x"}
+    qat.append(rec)
+    box = {"category_id": 1, "bbox": [8, 8, 32, 32], "score": 0.9}
+    keep_predictions(qat.pred_name(rec), [{"image_id": i, **box} for i in found], qat.RESULTS)
+
+
+def test_paired_gains_pair_each_seed_with_the_one_fp32_model_and_the_same_seed_of_the_same_lr(qat, capsys):
+    _add(qat, "fp32", "fp32", 0, range(1, 21))
+    _add(qat, "per_channel", "ptq", 0, range(1, 11))  # PTQ finds half the people
+    for s in range(3):
+        _add(qat, "per_channel", "qat", s, range(1, 21), lr="0.0001")
+        _add(qat, "per_channel", "qat_kd", s, range(1, 21), lr="0.0001", kd="box")
+    _add(qat, "per_channel", "qat_kd", 0, range(1, 11), lr="0.001", kd="box")  # another lr: its own comparisons
+    qat.print_gains()
+    out = capsys.readouterr().out
+    assert "| s | per_channel | - | - | ptq | fp32 | 1 | -0.4950 |" in out
+    assert "| s | per_channel | 0.0001 | box | qat_kd | ptq | 3 | +0.4950 |" in out and "| significant |" in out
+    assert "| s | per_channel | 0.0001 | box | qat_kd | qat | 3 | +0.0000 | [+0.0000, +0.0000] | not significant |" \
+        in out
+    # the lr 0.001 row has no qat row of its lr to pair with, but is compared with the FP32 model
+    assert "| s | per_channel | 0.001 | box | qat_kd | fp32 | 1 | -0.4950 |" in out
+    assert "| s | per_channel | 0.001 | box | qat_kd | qat |" not in out
+
+
+def test_rows_of_another_lr_or_recipe_do_not_replace_each_other(qat):
+    _add(qat, "npu", "qat_kd", 0, range(1, 21), lr="0.0001", kd="box")
+    _add(qat, "npu", "qat_kd", 0, range(1, 21), lr="0.0001", kd="logit_feature")
+    _add(qat, "npu", "qat_kd", 0, range(1, 21), lr="0.001", kd="box")
+    _add(qat, "npu", "qat_kd", 0, range(1, 11), lr="0.001", kd="box")  # the same row again: replaced
+    rows = qat.read()
+    assert len(rows) == 3 and [r["map"] for r in rows if r["lr"] == "0.001"] == ["0.5000"]
+    assert len({qat.pred_name(r) for r in rows}) == 3
