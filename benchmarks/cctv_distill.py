@@ -219,7 +219,7 @@ def run_name(row: str, seed: int, interp: str, student: str = DEFAULT_STUDENT, p
     data pipeline end in ``_ulpipe_s<seed>``, those on cvkd's pipeline as fixed on 2026-12-06 in ``_v2_s<seed>``."""
     pipe = {"ultralytics": "_ulpipe", "cvkd": "_v2"}.get(pipeline, "")
     if student != DEFAULT_STUDENT:
-        return f"{student.replace(':', '_').replace('/', '_')}_{row}_{interp}{pipe}_s{seed}"
+        return f"{student.replace(':', '_').replace('/', '_').replace('+', '_')}_{row}_{interp}{pipe}_s{seed}"
     return f"{row}{pipe}_s{seed}" if interp == "area" else f"{row}_{interp}{pipe}_s{seed}"
 
 
@@ -456,6 +456,10 @@ def main() -> None:
                     help="student of the student and KD rows: yolov8n (default) or any cvkd model.name, e.g. "
                          "timm:mobilenetv3_small_100 or tv:fcos_mobilenet_v3 (cross-family rows; the teacher stays "
                          "YOLOv8s; ultralytics rows train the same YOLO student, e.g. yolo26n.yaml)")
+    ap.add_argument("--pretrained", default="",
+                    help="model.pretrained of the student and KD rows (an ImageNet backbone for a timm student, e.g. "
+                         "efficientnet-lite0 with --student timm:tf_efficientnet_lite0); the rows' model becomes "
+                         "<student>+<pretrained>")
     ap.add_argument("--teacher", default="teacher",
                     help="name of the teacher run (default teacher: folder teacher_<interp>_s0); another name trains "
                          "or reuses another teacher of the same config (e.g. teacher_rerun: the same seed retrained), "
@@ -479,6 +483,8 @@ def main() -> None:
     args = ap.parse_args()
     if not args.student.startswith("yolo") and any(r.startswith("ultralytics") for r in args.rows):
         ap.error("ultralytics rows train a YOLO student: leave them out of --rows with --student " + args.student)
+    if args.pretrained and any(r.startswith("ultralytics") for r in args.rows):
+        ap.error("--pretrained applies to cvkd's rows: leave the ultralytics rows out of --rows")
     select_dataset(args.dataset)
     # the 30-epoch runs keep their folder; another schedule gets its own (runs/bench_cctv_e100)
     args.out = args.out or str(ROOT / "runs" / (DS["out"] + ("" if args.epochs == 30 else f"_e{args.epochs}")))
@@ -491,6 +497,10 @@ def main() -> None:
     interp_args = [f"data.train_interp={args.interp}"]
     pipe_args = [f"data.pipeline={args.pipeline}"]
     student_args = [] if args.student == DEFAULT_STUDENT else [f"model.name={args.student}"]
+    student = args.student  # the rows' model: a pretrained backbone is another student than the same from scratch
+    if args.pretrained:
+        student_args.append(f"model.pretrained={args.pretrained}")
+        student += f"+{args.pretrained}"
     teacher_classes = [f"kd.teacher_classes={args.teacher_classes}"] if args.teacher_classes else []
     teacher_run = Path(args.out) / run_name(args.teacher, 0, args.interp)
     # KD rows from another teacher than the default one get its name in their run folder
@@ -539,13 +549,13 @@ def main() -> None:
             interp, teacher, pipeline = args.interp, "", args.pipeline
             if row == "student":
                 run = run_cvkd(args, "train.py", "cctv_student.yaml",
-                               run_name("student", seed, interp, args.student, pipeline),
+                               run_name("student", seed, interp, student, pipeline),
                                seed, interp_args + pipe_args + student_args)
                 rec = score_cvkd(run, args)
                 role, method = "student", "none"
             elif row in KD_ROWS:
                 run = run_cvkd(args, "distill.py", "cctv_distill.yaml",
-                               run_name(row, seed, interp, args.student, pipeline) + from_teacher,
+                               run_name(row, seed, interp, student, pipeline) + from_teacher,
                                seed, [*interp_args, *pipe_args, *student_args, f"kd.teacher={teacher_pt}", *KD_RESET,
                                       *KD_ROWS[row], *teacher_classes])
                 rec = score_cvkd(run, args)
@@ -569,7 +579,7 @@ def main() -> None:
             rec.pop("model", None)
             if "preds" in rec:
                 keep_predictions(run, rec.pop("preds"))
-            add({"model": args.student, "role": role, "method": method, "seed": seed, "imgsz": args.imgsz,
+            add({"model": student, "role": role, "method": method, "seed": seed, "imgsz": args.imgsz,
                  "epochs": args.epochs, "interp": interp, "pipeline": pipeline, "teacher": teacher, "run": str(run),
                  **rec})
             print(f"{row} seed {seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)

@@ -17,6 +17,13 @@ def bench(monkeypatch, tmp_path):
     import cctv_distill
 
     monkeypatch.setattr(cctv_distill, "RESULTS", tmp_path / "table.csv")
+    real_select = cctv_distill.select_dataset
+
+    def select_dataset(name):  # main() selects the dataset, which names the real CSV: keep the test's
+        real_select(name)
+        monkeypatch.setattr(cctv_distill, "RESULTS", tmp_path / "table.csv")
+
+    monkeypatch.setattr(cctv_distill, "select_dataset", select_dataset)
     return cctv_distill
 
 
@@ -222,3 +229,25 @@ def test_kept_detections_keep_a_hundredth_of_a_pixel(bench, tmp_path):
     with lzma.open(tmp_path / "preds" / "t" / "run_s0.json.xz", "rt", encoding="utf-8") as f:
         (kept,) = json.load(f)
     assert kept["bbox"] == [10.12, 20.99, 30.56, 40.0] and kept["score"] == 0.12346
+
+
+def test_a_pretrained_student_is_its_own_model_with_its_own_runs(bench, monkeypatch, tmp_path):
+    """`--pretrained` reaches the student's runs as model.pretrained, and names their folders and table rows apart
+    from the same student trained from scratch."""
+    calls = []
+    monkeypatch.setattr(bench, "ensure_data", lambda: None)
+    monkeypatch.setattr(bench, "run_cvkd", lambda args, tool, cfg, name, seed, over: calls.append((name, over))
+                        or tmp_path / name)
+    monkeypatch.setattr(bench, "score_cvkd", lambda run, args: {"map": 0.3, "ap50": 0.6, "params_m": 3.0,
+                                                                "gflops": 1.0, "sec_per_epoch": 9.0, "model": "x"})
+    argv = ["cctv_distill.py", "--student", "timm:tf_efficientnet_lite0", "--rows", "student", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--pretrained", "efficientnet-lite0"])
+    bench.main()
+    monkeypatch.setattr(sys, "argv", argv)
+    bench.main()
+    (pre, pre_over), (scratch, scratch_over) = calls
+    assert pre == "timm_tf_efficientnet_lite0_efficientnet-lite0_student_linear_v2_s0"
+    assert scratch == "timm_tf_efficientnet_lite0_student_linear_v2_s0"
+    assert "model.pretrained=efficientnet-lite0" in pre_over and not any("pretrained" in o for o in scratch_over)
+    models = sorted(r["model"] for r in bench.load_records().values())
+    assert models == ["timm:tf_efficientnet_lite0", "timm:tf_efficientnet_lite0+efficientnet-lite0"]
