@@ -3,19 +3,13 @@ from __future__ import annotations
 
 import csv
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture()
-def bench(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCH))
-    sys.modules.pop("cctv_distill", None)
-    import cctv_distill
-
+def bench(import_benchmark, monkeypatch, tmp_path):
+    cctv_distill = import_benchmark("cctv_distill")
     monkeypatch.setattr(cctv_distill, "RESULTS", tmp_path / "table.csv")
     real_select = cctv_distill.select_dataset
 

@@ -11,12 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture()
-def converged(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    sys.modules.pop("converged", None)
-    import converged
-
-    return converged
+def converged(import_benchmark):
+    return import_benchmark("converged")
 
 
 def test_rule_compares_the_last_tenth_with_the_tenth_before(converged):

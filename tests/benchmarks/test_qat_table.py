@@ -2,20 +2,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture()
-def qat(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(BENCH))
-    sys.modules.pop("qat", None)
-    import qat
-
+def qat(import_benchmark, monkeypatch, tmp_path):
+    qat = import_benchmark("qat")
     monkeypatch.setattr(qat, "RESULTS", tmp_path / "qat.csv")
     # a ground truth of 20 one-box images
     gt = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 64} for i in range(1, 21)],

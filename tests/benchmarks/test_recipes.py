@@ -2,7 +2,6 @@
 earlier one are what the tables name (all_joint and all_sw of benchmarks/cctv_distill.py)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,9 @@ YAML = ROOT / "configs" / "cctv_distill.yaml"
 
 
 @pytest.fixture()
-def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    for name in ("cctv_distill", "kd_sweep", "unlabeled"):
-        sys.modules.pop(name, None)
-    import cctv_distill
-    import kd_sweep
-
-    return cctv_distill, kd_sweep
+def bench(import_benchmark):
+    import_benchmark("unlabeled")  # kd_sweep imports it
+    return import_benchmark("cctv_distill"), import_benchmark("kd_sweep")
 
 
 def _cfg(overrides: list[str], yaml: Path = YAML):
@@ -172,13 +166,10 @@ def test_sweep_gains_pair_training_seeds_and_draw_a_frames_copies_together(bench
     assert "| above 0 over frames (1 seed) |" in capsys.readouterr().out
 
 
-def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fake_quant(monkeypatch):
+def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fake_quant(import_benchmark):
     from types import SimpleNamespace
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    sys.modules.pop("qat", None)
-    import qat
-
+    qat = import_benchmark("qat")
     args = SimpleNamespace(teacher="t.pt", teacher_kd=[], student="s.pt", out="runs/q", epochs=3, threads=1, lr=0.001,
                            kd="box")
     for row in [r for r in qat.ROWS if r not in ("fp32", "ptq")]:

@@ -83,6 +83,17 @@ def test_straight_through_gradients_reach_every_student_weight():
     assert not [k for k, p in params if p.grad is None or not p.grad.abs().sum()]
 
 
+def run_in_ort_as_the_fake_quant_model(path, x, ref) -> collections.Counter:
+    """Run the exported QDQ file in ORT, check its output against the fake-quant model's ``ref``; the op counts of
+    the graph ORT optimised (fused) from it."""
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(path.parent / "opt.onnx")
+    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
+    np.testing.assert_allclose(out[..., :4], ref.boxes.numpy(), atol=1e-3 * IMG)
+    np.testing.assert_allclose(out[..., 4:], ref.cls_logits.sigmoid().numpy(), atol=1e-5)
+    return collections.Counter(nd.op_type for nd in onnx.load(str(path.parent / "opt.onnx")).graph.node)
+
+
 @pytest.mark.parametrize("scheme", ["per_channel", "npu"])
 def test_qdq_export_runs_in_ort_and_matches_the_fake_quant_model(scheme, tmp_path):
     m, n = calibrated(scheme)
@@ -96,12 +107,7 @@ def test_qdq_export_runs_in_ort_and_matches_the_fake_quant_model(scheme, tmp_pat
     assert fold_weight_quantization(model) == n  # int8 weights stored, float weights gone
     onnx.save(model, str(path))
     assert path.stat().st_size < 0.4 * fp32_size
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
-    np.testing.assert_allclose(out[..., :4], ref.boxes.numpy(), atol=1e-3 * IMG)
-    np.testing.assert_allclose(out[..., 4:], ref.cls_logits.sigmoid().numpy(), atol=1e-5)
-    ops = collections.Counter(nd.op_type for nd in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    ops = run_in_ort_as_the_fake_quant_model(path, x, ref)
     if scheme == "per_channel":  # ORT fuses DQ -> Conv -> Q into its INT8 kernel for every convolution
         assert ops["QLinearConv"] == n and ops["Conv"] == 0  # (the export writes DFL as softmax + expectation)
     else:  # per-tensor symmetric: scales are single numbers (ORT's CPU runs most of these convs dequantized)
@@ -125,12 +131,7 @@ def test_yolo26_qat_exports_its_one_to_one_head_as_int8_and_matches_the_fake_qua
     # the deployed graph holds the one-to-one branch only: the one-to-many convs are not exported
     assert quantize_biases(model) == fold_weight_quantization(model) == n - len(one_to_many)
     onnx.save(model, str(path))
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    out = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})[0]
-    np.testing.assert_allclose(out[..., :4], ref.boxes.numpy(), atol=1e-3 * IMG)
-    np.testing.assert_allclose(out[..., 4:], ref.cls_logits.sigmoid().numpy(), atol=1e-5)
-    ops = collections.Counter(nd.op_type for nd in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    ops = run_in_ort_as_the_fake_quant_model(path, x, ref)
     assert ops["QLinearConv"] == n - len(one_to_many) and ops["Conv"] == 0
 
 
