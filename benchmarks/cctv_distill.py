@@ -191,8 +191,13 @@ def keep_predictions(run: str | Path, preds: list | Path, results: Path | None =
     data = json.loads(preds.read_text()) if isinstance(preds, Path) else preds
     # 0.01 px and 5 decimals of score keep a run's mAP exactly; 0.1 px moved one run's by +0.0011 (IoUs crossed
     # the 0.5:0.95 thresholds), a third of the gains these files are kept to compare
+    per_image: dict = {}
     for d in data:
         d["bbox"], d["score"] = [round(float(v), 2) for v in d["bbox"]], round(float(d["score"]), 5)
+        per_image.setdefault((d["image_id"], d["category_id"]), []).append(d)
+    # COCOeval scores the 100 most confident detections of each image and category (maxDets 100, a stable sort):
+    # the others never count, and leaving them out keeps the files within the tracked-file budget
+    data = [d for ds in per_image.values() for d in sorted(ds, key=lambda d: -d["score"])[:100]]
     path = preds_path(run, results)
     path.parent.mkdir(parents=True, exist_ok=True)
     with lzma.open(path, "wt", encoding="utf-8") as f:

@@ -225,6 +225,28 @@ def test_kept_detections_keep_a_hundredth_of_a_pixel(bench, tmp_path):
     assert kept["bbox"] == [10.12, 20.99, 30.56, 40.0] and kept["score"] == 0.12346
 
 
+def test_kept_detections_are_the_100_per_image_and_class_that_cocoeval_scores(bench, tmp_path):
+    """Beyond 100 detections of one image and class COCOeval scores nothing: the kept file drops them, and scores the
+    same as the full list (ties in score included)."""
+    import numpy as np
+
+    from cvkd.data.coco import read_json
+    from cvkd.eval.bootstrap import image_matches, weighted_map
+
+    rng = np.random.default_rng(0)
+    gt = {"images": [{"id": i, "file_name": f"{i}.jpg", "width": 100, "height": 100} for i in (1, 2)],
+          "annotations": [{"id": 10 * i + k, "image_id": i, "category_id": 1, "bbox": [5.0 * k, 5.0 * k, 20, 20],
+                           "area": 400, "iscrowd": 0} for i in (1, 2) for k in range(12)],
+          "categories": [{"id": 1, "name": "person"}]}
+    dets = [{"image_id": int(i), "category_id": 1, "score": float(rng.choice([0.5, rng.random()])),
+             "bbox": [float(v) for v in rng.uniform(0, 60, 2)] + [20.0, 20.0]} for i in rng.choice([1, 2], 400)]
+    bench.keep_predictions("runs/x/run_s0", [dict(d) for d in dets], tmp_path / "t.csv")
+    kept = read_json(tmp_path / "preds" / "t" / "run_s0.json.xz")
+    assert len(kept) == 200 and max(np.bincount([d["image_id"] for d in kept])) == 100
+    rounded = [{**d, "bbox": [round(v, 2) for v in d["bbox"]], "score": round(d["score"], 5)} for d in dets]
+    assert weighted_map(image_matches(gt, kept)) == weighted_map(image_matches(gt, rounded)) > 0
+
+
 def test_a_pretrained_student_is_its_own_model_with_its_own_runs(bench, monkeypatch, tmp_path):
     """`--pretrained` reaches the student's runs as model.pretrained, and names their folders and table rows apart
     from the same student trained from scratch."""
