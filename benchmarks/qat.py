@@ -255,8 +255,17 @@ def print_gains() -> None:
     from cvkd.eval.bootstrap import file_matches, paired_gain
 
     recs = [r for r in read() if preds_path(pred_name(r), RESULTS).is_file()]
-    data = gt = None
-    lines = []
+    if not recs:
+        return
+    data = val_set()
+    gt, matched, lines = to_coco_dict(data), {}, []
+
+    def matches(rec: dict):  # each file is matched once, though it enters several comparisons
+        name = pred_name(rec)
+        if name not in matched:
+            matched[name] = file_matches(preds_path(name, RESULTS), data, gt)
+        return matched[name]
+
     for a_row, b_row in COMPARISONS:
         for key in sorted({(r["student"], r["scheme"], r["lr"], r["kd"]) for r in recs if r["row"] == a_row}):
             student, scheme, lr, kd = key
@@ -268,11 +277,7 @@ def print_gains() -> None:
                      if b and (b_row in ("fp32", "ptq") or s in b_seed)]
             if not pairs:
                 continue
-            if data is None:
-                data = val_set()
-                gt = to_coco_dict(data)
-            g = paired_gain([(file_matches(preds_path(pred_name(x), RESULTS), data, gt),
-                              file_matches(preds_path(pred_name(y), RESULTS), data, gt)) for x, y in pairs])
+            g = paired_gain([(matches(x), matches(y)) for x, y in pairs])
             lines.append(f"| {Path(student).parent.name} | {scheme} | {lr or '-'} | {kd or '-'} | {a_row} | {b_row} | "
                          f"{len(pairs)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | "
                          f"{'significant' if g.significant else 'not significant'} |")
