@@ -98,6 +98,9 @@ KD_ROWS["all_joint_ws"] = [*KD_ROWS["all_joint"], "model.init_from=teacher"]
 # (benchmarks/kd_sweep.py, the feature_box / box_* settings), the box term teaches the localisation itself
 KD_ROWS["box_ws"] = [*KD_ROWS["box"], "model.init_from=teacher"]
 KD_ROWS["feature_box_ws"] = [*KD_ROWS["all_joint_ws"], "kd.logit=0"]  # all_joint_ws without its logit term
+# all_joint for heads without DFL bins (YOLO26: l/t/r/b distances, where LD is refused): the box term is GIoU to the
+# teacher's boxes at the gain of the student's own box loss to the labels (7.5, as PP-YOLOE+ distils its boxes)
+KD_ROWS["all_joint_iou"] = [*KD_ROWS["all_joint"], "kd.box_loss=iou", "kd.box=7.5"]
 ALL_ROWS = ["teacher", "student", *KD_ROWS, "ultralytics_none", "ultralytics_kd"]
 # configs/cctv_distill.yaml holds all_joint_ws; these overrides turn it back into all_sw (the yaml before all_joint),
 # for the runs of the other benchmarks that were measured with it
