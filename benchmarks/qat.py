@@ -33,8 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("YOLO_OFFLINE", "1")
 SHARED = ROOT.parent / "shared" / "datasets" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "qat.csv"
-COLUMNS = ["scheme", "row", "seed", "epochs", "lr", "kd", "map", "ap50", "latency_ms", "size_mb", "student", "teacher",
-           "file"]
+COLUMNS = ["scheme", "row", "seed", "epochs", "lr", "kd", "placement", "map", "ap50", "latency_ms", "size_mb", "student",
+           "teacher", "file"]
+# placement of the fake quantization in the QAT rows: "ort", every tensor once where ORT's own quantizer puts it (conv,
+# SiLU, residual sum; cvkd since 2026-12-07); "conv", the convolutions' inputs and outputs only (the rows before, whose
+# SiLUs ran float in the deployed file). Rows without the column are "conv" ones.
+PLACEMENT = "ort"
 ROWS = ["fp32", "fp32_ft", "ptq", "qat", "qat_kd", "qat_self"]
 DATA = [f"data.train_json={ROOT / 'data/cctv_people/train.json'}", f"data.train_images={SHARED / 'train/images'}",
         f"data.val_json={ROOT / 'data/cctv_people/val.json'}", f"data.val_images={SHARED / 'valid/images'}",
@@ -89,7 +93,7 @@ def qat_command(args, row: str, scheme: str, seed: int) -> tuple[str, list[str]]
           "qat_self": [f"kd.teacher={args.student}", *recipe]}[row]
     tag = f"{row}_{args.kd}" if kd and args.kd != "logit_feature" else row  # logit_feature: the first look's names
     sched = f"e{args.epochs}" + (f"_lr{args.lr:g}" if args.lr != 0.001 else "")  # 0.001: the first look's names
-    name = f"qat_{scheme}_{tag}_{sched}_s{seed}" if row != "fp32_ft" else f"ft_{sched}_s{seed}"
+    name = f"qat_{scheme}_{tag}_{sched}_s{seed}_{PLACEMENT}" if row != "fp32_ft" else f"ft_{sched}_s{seed}"
     tool = "distill.py" if kd else "train.py"
     cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / "cctv_student.yaml"), *DATA,
            f"out={args.out}", f"name={name}", f"model.name={args.student}",
@@ -143,8 +147,9 @@ def main() -> None:
 
 def pred_name(rec: dict) -> str:
     """The name of a row's kept detections: one per student, scheme, row, fine-tune lr, KD recipe and seed."""
+    placement = rec.get("placement") if rec.get("placement") not in ("", "conv", None) else ""  # conv: the first names
     parts = [Path(rec["student"]).parent.name, rec["scheme"], rec["row"], str(rec.get("lr") or ""),
-             rec.get("kd") or "", f"s{rec['seed']}"]
+             rec.get("kd") or "", f"s{rec['seed']}", placement]
     return "_".join(p for p in parts if p)
 
 
@@ -191,6 +196,7 @@ def run_rows(args) -> None:
                        "epochs": 0 if row == "fp32" else args.epochs,
                        "lr": "" if row in ("fp32", "ptq") else f"{args.lr:g}", "student": rel(student),
                        "kd": args.kd if row in ("qat_kd", "qat_self") else "",
+                       "placement": PLACEMENT if row.startswith("qat") else "",
                        "teacher": rel(Path(args.teacher)) if row == "qat_kd" else "", "file": rel(path)}
                 rec.update(score_onnx(path, val, args.imgsz, args.threads, keep=pred_name(rec)))
                 append(rec)
@@ -208,7 +214,8 @@ def append(rec: dict) -> None:
     """Add (or replace) one row; locked, so two runs of this script (one per scheme) can share the CSV."""
     import fcntl
 
-    key = ("scheme", "row", "seed", "lr", "kd", "student")
+    key = ("scheme", "row", "seed", "lr", "kd", "placement", "student")
+    rec = with_placement(rec)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with (RESULTS.parent / ".qat.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -224,19 +231,26 @@ def read() -> list[dict]:
     if not RESULTS.is_file():
         return []
     with RESULTS.open() as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    return [with_placement(r) for r in rows]
+
+
+def with_placement(rec: dict) -> dict:
+    """A row written before the placement column is of the first placement ("conv")."""
+    return {**rec, "placement": rec.get("placement") or ("conv" if rec["row"].startswith("qat") else "")}
 
 
 def print_table() -> None:
     groups: dict = {}
     for r in read():
-        groups.setdefault((r["student"], r["scheme"], r["row"], r.get("lr", ""), r.get("kd", "")), []).append(r)
-    print("\n| student | scheme | row | lr | KD | seeds | mAP@[.5:.95] mean +- sd | AP50 | ORT latency (ms, 1 thread) | MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for (student, scheme, row, lr, kd), rs in groups.items():
+        groups.setdefault((r["student"], r["scheme"], r["row"], r.get("lr", ""), r.get("kd", ""), r["placement"]),
+                          []).append(r)
+    print("\n| student | scheme | row | lr | KD | fake quant | seeds | mAP@[.5:.95] mean +- sd | AP50 | ORT latency (ms, 1 thread) | MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for (student, scheme, row, lr, kd, placement), rs in groups.items():
         maps = [float(r["map"]) for r in rs]
         sd = statistics.stdev(maps) if len(maps) > 1 else 0.0
-        print(f"| {Path(student).parent.name} | {scheme} | {row} | {lr or '-'} | {kd or '-'} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} "
+        print(f"| {Path(student).parent.name} | {scheme} | {row} | {lr or '-'} | {kd or '-'} | {placement or '-'} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} "
               f"| {statistics.mean(float(r['ap50']) for r in rs):.4f} | "
               f"{statistics.mean(float(r['latency_ms']) for r in rs):.1f} | {float(rs[0]['size_mb']):.2f} |")
     print(f"\nwritten {RESULTS}")
@@ -267,23 +281,28 @@ def print_gains() -> None:
         return matched[name]
 
     for a_row, b_row in COMPARISONS:
-        for key in sorted({(r["student"], r["scheme"], r["lr"], r["kd"]) for r in recs if r["row"] == a_row}):
-            student, scheme, lr, kd = key
-            a = {r["seed"]: r for r in recs if (r["student"], r["scheme"], r["lr"], r["kd"], r["row"]) == (*key, a_row)}
+        for key in sorted({(r["student"], r["scheme"], r["lr"], r["kd"], r["placement"]) for r in recs
+                           if r["row"] == a_row}):
+            student, scheme, lr, kd, placement = key
+            a = {r["seed"]: r for r in recs
+                 if (r["student"], r["scheme"], r["lr"], r["kd"], r["placement"], r["row"]) == (*key, a_row)}
             b = [r for r in recs if r["student"] == student and r["row"] == b_row
-                 and r["scheme"] in (scheme, "fp32") and (b_row in ("fp32", "ptq") or r["lr"] == lr)]
+                 and r["scheme"] in (scheme, "fp32") and (b_row in ("fp32", "ptq") or r["lr"] == lr)
+                 and (not b_row.startswith("qat") or r["placement"] == placement)]
             b_seed = {r["seed"]: r for r in b}
             pairs = [(a[s], b_seed[s] if b_row not in ("fp32", "ptq") else b[0]) for s in sorted(a)
                      if b and (b_row in ("fp32", "ptq") or s in b_seed)]
             if not pairs:
                 continue
             g = paired_gain([(matches(x), matches(y)) for x, y in pairs])
-            lines.append(f"| {Path(student).parent.name} | {scheme} | {lr or '-'} | {kd or '-'} | {a_row} | {b_row} | "
+            lines.append(f"| {Path(student).parent.name} | {scheme} | {lr or '-'} | {kd or '-'} | {placement or '-'} | "
+                         f"{a_row} | {b_row} | "
                          f"{len(pairs)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | "
                          f"{'significant' if g.significant else 'not significant'} |")
     if lines:
-        print("\n| student | scheme | lr | KD | row | compared with | seeds | gain (mean paired) | 95 % interval | |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("\n| student | scheme | lr | KD | fake quant | row | compared with | seeds | gain (mean paired) | 95 % interval "
+              "| |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(lines))
 
 

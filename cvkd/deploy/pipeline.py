@@ -82,7 +82,7 @@ def export_qat(adapter: DetectorAdapter, req: ExportRequest, scheme: str) -> dic
     import onnx
 
     from .onnx_export import read_metadata, set_metadata
-    from .qat import fold_weight_quantization, quantize_biases
+    from .qat import dequantize_after_views, fold_weight_quantization, quantize_biases
 
     if req.int8:
         raise ExportError(f"this model was trained with QAT ({scheme}): it exports as INT8 itself; drop --int8")
@@ -91,6 +91,7 @@ def export_qat(adapter: DetectorAdapter, req: ExportRequest, scheme: str) -> dic
         path = export_onnx(adapter, req.path(variant, precision), req.imgsz, variant, req.opset,
                            nms=req.nms and variant == "full", slim=req.slim)
         model = onnx.load(str(path))
+        dequantize_after_views(model)  # first: a conv reading a chunk then reads a DequantizeLinear
         n = quantize_biases(model)
         folded = fold_weight_quantization(model)  # int8 weights on disk, as PTQ files store them
         set_metadata(model, {**read_metadata(model), "precision": "int8", "int8_scheme": scheme, "qat": True,

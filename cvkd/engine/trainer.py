@@ -84,7 +84,10 @@ def build_qat_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter
 
 
 def detector_meta(model: DetectorAdapter, cfg: RunConfig, **extra) -> dict:
-    qat = {"qat": cfg.train.qat} if cfg.train.qat else {}  # the loader rebuilds the fake-quant modules
+    from ..deploy.qat import qat_silu
+
+    # the loader rebuilds the fake-quant modules, with the SiLUs quantized or not as they were trained
+    qat = {"qat": cfg.train.qat, "qat_silu": qat_silu(model.model)} if cfg.train.qat else {}
     return {"family": model.family, "arch": model.arch_spec(), "class_names": model.class_names,
             "imgsz": cfg.data.imgsz, "cvkd_version": __version__, "config": to_dict(cfg), **qat, **extra}
 

@@ -22,11 +22,13 @@ def qat(import_benchmark, monkeypatch, tmp_path):
     return qat
 
 
-def _add(qat, scheme, row, seed, found, lr="", kd=""):
+def _add(qat, scheme, row, seed, found, lr="", kd="", placement=None):
     from cctv_distill import keep_predictions
 
     rec = {"scheme": scheme, "row": row, "seed": seed, "epochs": 3, "lr": lr, "kd": kd, "map": len(found) / 20,
            "ap50": 0.5, "latency_ms": 1.0, "size_mb": 1.0, "student": "runs/s/final.pt", "teacher": "", "file": "x"}
+    if placement is not None:
+        rec["placement"] = placement
     qat.append(rec)
     box = {"category_id": 1, "bbox": [8, 8, 32, 32], "score": 0.9}
     keep_predictions(qat.pred_name(rec), [{"image_id": i, **box} for i in found], qat.RESULTS)
@@ -41,13 +43,13 @@ def test_paired_gains_pair_each_seed_with_the_one_fp32_model_and_the_same_seed_o
     _add(qat, "per_channel", "qat_kd", 0, range(1, 11), lr="0.001", kd="box")  # another lr: its own comparisons
     qat.print_gains()
     out = capsys.readouterr().out
-    assert "| s | per_channel | - | - | ptq | fp32 | 1 | -0.4950 |" in out
-    assert "| s | per_channel | 0.0001 | box | qat_kd | ptq | 3 | +0.4950 |" in out and "| significant |" in out
-    assert "| s | per_channel | 0.0001 | box | qat_kd | qat | 3 | +0.0000 | [+0.0000, +0.0000] | not significant |" \
+    assert "| s | per_channel | - | - | - | ptq | fp32 | 1 | -0.4950 |" in out
+    assert "| s | per_channel | 0.0001 | box | conv | qat_kd | ptq | 3 | +0.4950 |" in out and "| significant |" in out
+    assert "| s | per_channel | 0.0001 | box | conv | qat_kd | qat | 3 | +0.0000 | [+0.0000, +0.0000] | not significant |" \
         in out
     # the lr 0.001 row has no qat row of its lr to pair with, but is compared with the FP32 model
-    assert "| s | per_channel | 0.001 | box | qat_kd | fp32 | 1 | -0.4950 |" in out
-    assert "| s | per_channel | 0.001 | box | qat_kd | qat |" not in out
+    assert "| s | per_channel | 0.001 | box | conv | qat_kd | fp32 | 1 | -0.4950 |" in out
+    assert "| s | per_channel | 0.001 | box | conv | qat_kd | qat |" not in out
 
 
 def test_rows_of_another_lr_or_recipe_do_not_replace_each_other(qat):
@@ -58,3 +60,20 @@ def test_rows_of_another_lr_or_recipe_do_not_replace_each_other(qat):
     rows = qat.read()
     assert len(rows) == 3 and [r["map"] for r in rows if r["lr"] == "0.001"] == ["0.5000"]
     assert len({qat.pred_name(r) for r in rows}) == 3
+
+
+def test_rows_of_another_fake_quant_placement_are_their_own_and_pair_with_their_own(qat, capsys):
+    """A CSV of the first QAT rows (no placement column: "conv") and rows of the placement of ORT's quantizer ("ort")."""
+    _add(qat, "fp32", "fp32", 0, range(1, 21))
+    for s in range(2):
+        _add(qat, "per_channel", "qat", s, range(1, 11), lr="0.0001")  # a row of the first placement
+        _add(qat, "per_channel", "qat", s, range(1, 21), lr="0.0001", placement="ort")
+        _add(qat, "per_channel", "qat_kd", s, range(1, 21), lr="0.0001", kd="box", placement="ort")
+    rows = qat.read()
+    assert len(rows) == 7 and sorted(r["placement"] for r in rows) == ["", "conv", "conv", "ort", "ort", "ort", "ort"]
+    assert len({qat.pred_name(r) for r in rows}) == 7
+    qat.print_gains()
+    out = capsys.readouterr().out
+    # the ort KD rows pair with the ort QAT rows (equal), not with the conv ones (half as good)
+    assert "| s | per_channel | 0.0001 | box | ort | qat_kd | qat | 2 | +0.0000 |" in out
+    assert "| s | per_channel | 0.0001 | - | conv | qat | fp32 | 2 | -0.4950 |" in out
