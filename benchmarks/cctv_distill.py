@@ -304,7 +304,9 @@ def group_rows(records: list[dict]) -> dict:
     return groups
 
 
-def write_table(table: dict, last: int = 0) -> None:
+def write_table(table: dict, last: int = 0, gains: set[str] | None = None) -> None:
+    """Write the CSV and print the table; the paired gains of every comparison (``gains`` None) or of those with a
+    row of one of the ``gains`` runs (a benchmark run prints those of its own rows once, at its end)."""
     def other_student(r: dict) -> str:  # cross-family rows (--student) after the YOLOv8n rows, grouped by model
         return r["model"] if r["model"] != DEFAULT_STUDENT and r["role"] != "teacher" else ""
 
@@ -360,7 +362,8 @@ def write_table(table: dict, last: int = 0) -> None:
               f"{rs[0]['gflops']:.2f} | {seconds(rs)} |")
     if last:
         print_last_epochs(records, last)
-    print_gains(records)
+    if gains is None or gains:
+        print_gains(records, gains)
     print_tool_baselines(records)
     print(f"\nwritten {RESULTS}")
 
@@ -389,16 +392,25 @@ def comparisons(records: list[dict]) -> list[tuple[tuple, tuple]]:
     return [(a, b) for a, b in out if b in groups]
 
 
-def print_gains(records: list[dict]) -> None:
+def print_gains(records: list[dict], runs: set[str] | None = None) -> None:
     """Paired gains over the seeds both rows have, with 95 % intervals (cvkd.eval.bootstrap: training seeds and
-    val-image resamples), from the kept predictions; rows without them are left out."""
+    val-image resamples), from the kept predictions; rows without them are left out. ``runs``: only the comparisons
+    with a row of one of these runs."""
     from cvkd.data import load_coco, to_coco_dict
     from cvkd.eval.bootstrap import file_matches, paired_gain
 
-    groups, rows, data = group_rows(records), [], None
+    groups, rows, data, matched = group_rows(records), [], None, {}
+
+    def matches(path: Path):  # each file is matched once, though it enters several comparisons
+        if path not in matched:
+            matched[path] = file_matches(path, data, gt)
+        return matched[path]
+
     for key, ref in comparisons(records):
         seeds = {r["seed"]: r for r in groups[key]}
         pairs = [(seeds[r["seed"]], r) for r in groups[ref] if r["seed"] in seeds]
+        if runs is not None and not any(rel_run(str(r["run"])) in runs for pair in pairs for r in pair):
+            continue
         files = [(preds_path(a["run"]), preds_path(b["run"])) for a, b in pairs]
         files = [f for f in files if f[0].is_file() and f[1].is_file()]
         if not files:
@@ -407,7 +419,7 @@ def print_gains(records: list[dict]) -> None:
             data = load_coco(DATA / "val.json", SRC / DS["val_images"], DS["class_map"])
             gt = to_coco_dict(data)
 
-        g = paired_gain([(file_matches(a, data, gt), file_matches(b, data, gt)) for a, b in files])
+        g = paired_gain([(matches(a), matches(b)) for a, b in files])
         rows.append((key, ref, g))
     if not rows:
         return
@@ -541,7 +553,7 @@ def main() -> None:
         nonlocal table
         table = {**table, **load_records()}  # another benchmark process may have added rows meanwhile
         table[record_key(rec)] = rec
-        write_table(table)
+        write_table(table, gains=set())  # the gains once, at the end
 
     if needs_teacher:
         run_cvkd(args, "train.py", "cctv_teacher.yaml", teacher_run.name, 0, interp_args)
@@ -549,6 +561,7 @@ def main() -> None:
         add({"model": "yolov8s", "role": "teacher", "method": "none", "seed": 0, "imgsz": args.imgsz,
              "epochs": args.epochs, "interp": args.interp, "pipeline": "cvkd", "teacher": "", "run": str(teacher_run),
              **{k: v for k, v in t.items() if k != "model"}})
+    ran: set[str] = set()
     for seed in args.seeds:
         for row in args.rows:
             t0 = time.time()
@@ -591,6 +604,9 @@ def main() -> None:
                  "epochs": args.epochs, "interp": interp, "pipeline": pipeline, "teacher": teacher, "run": str(run),
                  **rec})
             print(f"{row} seed {seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+            ran.add(rel_run(str(run)))
+    if ran:
+        write_table(table, gains=ran)
 
 if __name__ == "__main__":
     main()

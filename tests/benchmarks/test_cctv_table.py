@@ -172,6 +172,10 @@ def test_paired_gain_rows_from_kept_predictions(bench, monkeypatch, tmp_path, ca
     out = capsys.readouterr().out
     assert "| 30 | yolov8n | t | ws | none | 3 |" in out and "| significant |" in out
     assert "| 30 | yolov8n | t | all_joint_ws | ws | 2 | +0.0000 | [+0.0000, +0.0000] | not significant |" in out
+    # a benchmark run prints the gains of its own rows only: here those of one all_joint_ws run
+    bench.print_gains(list(keys.values()), {"runs/a/kdws1"})
+    out = capsys.readouterr().out
+    assert "| all_joint_ws | ws | 2 |" in out and "| all_joint_ws | none | 2 |" in out and "| ws | none |" not in out
 
 
 def test_the_two_tools_baselines_are_compared_with_welchs_interval(bench, capsys):
