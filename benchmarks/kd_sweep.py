@@ -49,12 +49,13 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
 DATA = ROOT / "data" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "kd_sweep.csv"
-COLUMNS = ["setting", "overrides", "start", "seed", "train_seed", "teacher", "epochs", "tune_frames", "map", "ap50",
-           "run"]
+COLUMNS = ["setting", "overrides", "start", "seed", "train_seed", "teacher", "student", "epochs", "tune_frames", "map",
+           "ap50", "run"]
 # seed: the tuning split; train_seed: the training run's seed (the same unless --train-seed says otherwise, which
 # measures the seed noise of one setting on one split); teacher: the KD rows' teacher checkpoint (rows of different
 # teachers are different rows, in different run folders); start: the student's initial weights, random or ws (the
-# teacher's, by weight selection)
+# teacher's, by weight selection); student: "" for the YOLOv8n of configs/cctv_student.yaml, else --student (its
+# model.name) and the --extra overrides of its KD rows, e.g. "yolo26n.yaml kd.box_loss=iou kd.box=7.5"
 DEFAULT_TEACHER = "runs/bench_cctv/teacher_linear_s0/final.pt"  # the teacher of the first rows
 # One factor at a time around the default recipe, all_joint (kd.* of configs/cctv_distill.yaml, the "feature_joint"
 # row; every row starts from random weights, see main()). The first rows (all_sw and its term ablations) were
@@ -116,14 +117,20 @@ def load_table() -> dict:
         r["train_seed"] = r.get("train_seed") or r["seed"]
         r["teacher"] = r.get("teacher") or ("" if r["setting"] == "baseline" else DEFAULT_TEACHER)
         r["start"] = r.get("start") or "random"  # rows written before --start
-    return {(r["setting"], int(r["seed"]), int(r["train_seed"]), r["teacher"], r["start"]): r for r in rows}
+        r["student"] = r.get("student") or ""  # rows written before --student: YOLOv8n
+    return {(r["setting"], int(r["seed"]), int(r["train_seed"]), r["teacher"], r["start"], r["student"]): r
+            for r in rows}
 
 
-def run_name(setting: str, seed: int, train_seed: int, teacher: str, start: str = "random") -> str:
+def run_name(setting: str, seed: int, train_seed: int, teacher: str, start: str = "random", student: str = "") -> str:
     """``all_sw_s0``; ``_t1`` for a training seed other than the split's, ``_<checkpoint stem>`` for a row whose
     teacher is not the default one (``feature_w18_s0_cctv_yolov8s_teacher_fp16``), ``_ws`` for a row started from the
-    teacher's weights."""
-    name = f"{setting}_s{seed}" + ("" if train_seed == seed else f"_t{train_seed}")
+    teacher's weights; another student first (``yolo26n_box_loss-iou_box-7.5_feature_only_s0_...``)."""
+    prefix = ""
+    if student:
+        words = [w.split("/")[-1].replace(".yaml", "").replace("kd.", "").replace("=", "-") for w in student.split()]
+        prefix = "_".join(w.replace(":", "-") for w in words) + "_"
+    name = prefix + f"{setting}_s{seed}" + ("" if train_seed == seed else f"_t{train_seed}")
     name += "" if teacher in ("", DEFAULT_TEACHER) else "_" + Path(teacher).name.split(".")[0]
     return name + ("_ws" if start == "ws" else "")
 
@@ -172,13 +179,13 @@ def print_gains(table: dict, fraction: float, out: Path) -> None:
         if not kept.is_file() and written.is_file():
             keep_predictions(r["run"], written, RESULTS)
     by_setting: dict = {}
-    for (setting, seed, train_seed, teacher, start), r in table.items():
+    for (setting, seed, train_seed, teacher, start, student), r in table.items():
         if preds_path(r["run"], RESULTS).is_file():
-            by_setting.setdefault((seed, teacher, start, setting), {})[train_seed] = r
+            by_setting.setdefault((student, seed, teacher, start, setting), {})[train_seed] = r
     lines, splits = [], {}
-    for (seed, teacher, start, setting), runs in sorted(by_setting.items()):
+    for (student, seed, teacher, start, setting), runs in sorted(by_setting.items()):
         # a random-start baseline has no teacher; a ws one is the teacher's weights alone
-        base = by_setting.get((seed, teacher if start == "ws" else "", start, "baseline"), {})
+        base = by_setting.get((student, seed, teacher if start == "ws" else "", start, "baseline"), {})
         paired = sorted(set(runs) & set(base))
         if setting == "baseline" or not paired:
             continue
@@ -198,12 +205,12 @@ def print_gains(table: dict, fraction: float, out: Path) -> None:
         verdict = ("significant" if g.significant else "not significant") if len(paired) > 1 else \
             ("above 0 over frames (1 seed)" if g.lo > 0 else "below 0 over frames (1 seed)" if g.hi < 0 else
              "not significant (1 seed)")
-        lines.append(f"| {setting} | {start} | {seed} | {Path(teacher).name or '-'} | {len(paired)} | "
+        lines.append(f"| {student or 'yolov8n'} | {setting} | {start} | {seed} | {Path(teacher).name or '-'} | {len(paired)} | "
                      f"{' / '.join(f'{x:+.4f}' for x in g.per_seed)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | "
                      f"{verdict} |")
     if lines:
-        print("\n| setting | start | split seed | teacher | training seeds | gain per seed | mean gain over baseline "
-              "| 95 % interval | |\n|---|---|---|---|---|---|---|---|---|")
+        print("\n| student | setting | start | split seed | teacher | training seeds | gain per seed | mean gain over "
+              "baseline | 95 % interval | |\n|---|---|---|---|---|---|---|---|---|---|")
         print("\n".join(lines))
 
 
@@ -227,6 +234,12 @@ def main() -> None:
     ap.add_argument("--teacher-classes", default="",
                     help="kd.teacher_classes for a teacher of other classes, e.g. '{\"0\": person, \"1\": person}' "
                          "for the two-class strong teachers of checkpoints/")
+    ap.add_argument("--student", default="",
+                    help="model.name of every row's student (default: YOLOv8n, configs/cctv_student.yaml), e.g. "
+                         "yolo26n.yaml; its rows are their own rows, compared with its own baseline")
+    ap.add_argument("--extra", nargs="*", default=[],
+                    help="overrides added to every KD row of this --student, e.g. kd.box_loss=iou kd.box=7.5 for a "
+                         "head without DFL bins (YOLO26: LD is refused); part of the rows' student column")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads per run (0 = torch default)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "kd_sweep"), help="folder of the runs")
     ap.add_argument("--table-only", action="store_true",
@@ -246,13 +259,18 @@ def main() -> None:
     data = [f"data.train_json={tune_train}", f"data.train_images={images}", f"data.val_json={tune_val}",
             f"data.val_images={images}"]
     train_seed = args.seed if args.train_seed is None else args.train_seed
+    if args.extra and not args.student:
+        sys.exit("error: --extra needs --student (the YOLOv8n rows are the yaml's recipe as it is)")
+    student = " ".join([args.student, *args.extra]) if args.student else ""
+    model = [f"model.name={args.student}"] if args.student else []
     table = load_table()
     for setting in args.settings:
         extra = SETTINGS[setting]
         row_teacher = "" if extra is None and args.start == "random" else teacher
-        run = Path(args.out) / run_name(setting, args.seed, train_seed, row_teacher, args.start)
+        run = Path(args.out) / run_name(setting, args.seed, train_seed, row_teacher, args.start, student)
         if not finished(run, args.epochs):
             tool, overrides = row_command(extra, args.start, ROOT / teacher, args.teacher_classes)
+            overrides = [*model, *overrides, *(args.extra if tool == "distill.py" else [])]
             config = "cctv_student.yaml" if tool == "train.py" else "cctv_distill.yaml"
             cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
             if (run / "config.yaml").is_file():
@@ -266,17 +284,17 @@ def main() -> None:
         if (run / "val_predictions.json").is_file():  # the final detections, for the paired intervals
             keep_predictions(run, run / "val_predictions.json", RESULTS)
         table = {**table, **load_table()}
-        table[(setting, args.seed, train_seed, row_teacher, args.start)] = {
+        table[(setting, args.seed, train_seed, row_teacher, args.start, student)] = {
             "setting": setting, "overrides": overrides_of(setting), "start": args.start, "seed": args.seed,
-            "train_seed": train_seed, "teacher": row_teacher,
+            "train_seed": train_seed, "teacher": row_teacher, "student": student,
             "epochs": args.epochs, "tune_frames": n_held, "map": r["map"], "ap50": r["ap50"],
             "run": os.path.relpath(run, ROOT)}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)
             w.writeheader()
-            for key in sorted(table, key=lambda k: (k[4], k[1], k[3], list(SETTINGS).index(k[0]) if k[0] in SETTINGS
-                                                    else 99, k[2])):
+            for key in sorted(table, key=lambda k: (k[5], k[4], k[1], k[3], list(SETTINGS).index(k[0])
+                                                    if k[0] in SETTINGS else 99, k[2])):
                 if key[0] in SETTINGS:  # rows of earlier invocations say what their setting overrides today
                     table[key]["overrides"] = overrides_of(key[0])
                 w.writerow({c: table[key].get(c, "") for c in COLUMNS})
@@ -286,10 +304,10 @@ def main() -> None:
 
 
 def print_table(table: dict) -> None:
-    print("| setting | overrides | start | split seed | train seed | teacher | mAP@[.5:.95] (tuning split) | AP50 |\n"
-          "|---|---|---|---|---|---|---|---|")
+    print("| student | setting | overrides | start | split seed | train seed | teacher | mAP@[.5:.95] (tuning split) | "
+          "AP50 |\n|---|---|---|---|---|---|---|---|---|")
     for r in table.values():
-        print(f"| {r['setting']} | {r['overrides']} | {r['start']} | {r['seed']} | {r['train_seed']} | "
+        print(f"| {r.get('student') or 'yolov8n'} | {r['setting']} | {r['overrides']} | {r['start']} | {r['seed']} | {r['train_seed']} | "
               f"{r['teacher']} | {float(r['map']):.4f} | {float(r['ap50']):.4f} |")
 
 

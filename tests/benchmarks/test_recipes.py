@@ -83,15 +83,15 @@ def test_sweep_table_reads_rows_written_before_train_seed(bench, monkeypatch, tm
     monkeypatch.setattr(sweep, "RESULTS", path)
     path.write_text("setting,overrides,seed,epochs,tune_frames,map,ap50,run\n"
                     "baseline,(no KD),0,30,52,0.25549,0.63382,runs/kd_sweep/baseline_s0\n")
-    assert set(sweep.load_table()) == {("baseline", 0, 0, "", "random")}
+    assert set(sweep.load_table()) == {("baseline", 0, 0, "", "random", "")}
     path.write_text("setting,overrides,seed,train_seed,epochs,tune_frames,map,ap50,run\n"
                     "baseline,(no KD),0,,30,52,0.25549,0.63382,runs/kd_sweep/baseline_s0\n"
                     "baseline,(no KD),0,1,30,52,0.2600,0.64,runs/kd_sweep/baseline_s0_t1\n"
                     "all_sw,x,0,,30,52,0.2759,0.64,runs/kd_sweep/all_sw_s0\n")
     table = sweep.load_table()  # KD rows written before the teacher column learned from the default teacher
-    assert set(table) == {("baseline", 0, 0, "", "random"), ("baseline", 0, 1, "", "random"),
-                          ("all_sw", 0, 0, sweep.DEFAULT_TEACHER, "random")}
-    assert table[("baseline", 0, 1, "", "random")]["map"] == "0.2600"
+    assert set(table) == {("baseline", 0, 0, "", "random", ""), ("baseline", 0, 1, "", "random", ""),
+                          ("all_sw", 0, 0, sweep.DEFAULT_TEACHER, "random", "")}
+    assert table[("baseline", 0, 1, "", "random", "")]["map"] == "0.2600"
 
 
 def test_sweep_run_names_keep_seeds_and_teachers_apart(bench):
@@ -101,6 +101,10 @@ def test_sweep_run_names_keep_seeds_and_teachers_apart(bench):
     shipped = "checkpoints/cctv_yolov8s_teacher_fp16.pt.xz"
     assert sweep.run_name("feature_w18", 0, 0, shipped) == "feature_w18_s0_cctv_yolov8s_teacher_fp16"
     assert sweep.run_name("baseline", 0, 0, shipped, "ws") == "baseline_s0_cctv_yolov8s_teacher_fp16_ws"
+    # another student (and the overrides of its KD rows) first: its own folders
+    assert sweep.run_name("feature_only", 0, 0, shipped, "random", "yolo26n.yaml kd.box_loss=iou kd.box=7.5") == \
+        "yolo26n_box_loss-iou_box-7.5_feature_only_s0_cctv_yolov8s_teacher_fp16"
+    assert sweep.run_name("baseline", 0, 0, "", "random", "yolo26n.yaml") == "yolo26n_baseline_s0"
 
 
 def test_sweep_rows_from_the_teachers_weights(bench):
@@ -153,15 +157,15 @@ def test_sweep_gains_pair_training_seeds_and_draw_a_frames_copies_together(bench
                                        ("logit_only", 1, 20), ("logit_only", 2, 20)]:  # seed 2 has no baseline
         run = f"runs/kd_sweep/{sweep.run_name(setting, 0, train_seed, ws_t, 'ws')}"
         cctv.keep_predictions(run, [{"image_id": i, **box} for i in range(1, found + 1)], sweep.RESULTS)
-        table[(setting, 0, train_seed, ws_t, "ws")] = {"run": run}
+        table[(setting, 0, train_seed, ws_t, "ws", "")] = {"run": run}
     sweep.print_gains(table, 0.2, tmp_path)
     out = capsys.readouterr().out
     # B finds frames 0-4 (images 1-10): AP 51/101 against 1.0; paired over training seeds 0 and 1 only
-    assert f"| logit_only | ws | 0 | t.pt | 2 | {50 / 101:+.4f} / {50 / 101:+.4f} | {50 / 101:+.4f} |" in out
+    assert f"| yolov8n | logit_only | ws | 0 | t.pt | 2 | {50 / 101:+.4f} / {50 / 101:+.4f} | {50 / 101:+.4f} |" in out
     assert seen["n"] == 2 and list(seen["groups"]) == [f"frame{i // 2}" for i in range(20)]
-    assert "\n| baseline |" not in out  # no row of the baseline against itself
+    assert "| baseline |" not in out  # no row of the baseline against itself
     assert "| significant |" in out
-    del table[("logit_only", 0, 1, ws_t, "ws")]  # one training seed left: frames only, not a claim
+    del table[("logit_only", 0, 1, ws_t, "ws", "")]  # one training seed left: frames only, not a claim
     sweep.print_gains(table, 0.2, tmp_path)
     assert "| above 0 over frames (1 seed) |" in capsys.readouterr().out
 
