@@ -270,7 +270,8 @@ def main() -> None:
         run = Path(args.out) / run_name(setting, args.seed, train_seed, row_teacher, args.start, student)
         if not finished(run, args.epochs):
             tool, overrides = row_command(extra, args.start, ROOT / teacher, args.teacher_classes)
-            overrides = [*model, *overrides, *(args.extra if tool == "distill.py" else [])]
+            # --extra before the setting's own overrides: a setting that turns a term off (kd.box=0) keeps it off
+            overrides = [*model, *(args.extra if tool == "distill.py" else []), *overrides]
             config = "cctv_student.yaml" if tool == "train.py" else "cctv_distill.yaml"
             cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
             if (run / "config.yaml").is_file():
