@@ -135,18 +135,21 @@ def run_name(setting: str, seed: int, train_seed: int, teacher: str, start: str 
     return name + ("_ws" if start == "ws" else "")
 
 
-def row_command(extra: list[str] | None, start: str, teacher: Path, teacher_classes: str) -> tuple[str, list[str]]:
+def row_command(extra: list[str] | None, start: str, teacher: Path, teacher_classes: str, student: str = "",
+                student_kd: list[str] | tuple = ()) -> tuple[str, list[str]]:
     """The tool and the overrides of one row. Random start: every row from random weights (the yaml's
     ``model.init_from`` cleared), the teacher has seen the tuning-val frames and a student started from its weights
     would be scored on frames it inherited; ``ws``: every row from the teacher's weights, ``baseline`` with no KD
-    term (what benchmarks/cctv_distill.py calls ``ws``)."""
+    term (what benchmarks/cctv_distill.py calls ``ws``). ``student``: its model.name; ``student_kd``: overrides of
+    its KD rows (--extra), before the setting's own, so that a setting turning a term off keeps it off."""
+    model = [f"model.name={student}"] if student else []
     mapped = [f"kd.teacher_classes={teacher_classes}"] if teacher_classes else []
     if start == "ws":
         kd = ["kd.logit=0", "kd.feature=0", "kd.box=0"] if extra is None else extra
-        return "distill.py", [f"kd.teacher={teacher}", "model.init_from=teacher", *mapped, *kd]
+        return "distill.py", [*model, f"kd.teacher={teacher}", "model.init_from=teacher", *mapped, *student_kd, *kd]
     if extra is None:
-        return "train.py", []
-    return "distill.py", [f"kd.teacher={teacher}", "model.init_from=", *mapped, *extra]
+        return "train.py", model
+    return "distill.py", [*model, f"kd.teacher={teacher}", "model.init_from=", *mapped, *student_kd, *extra]
 
 
 def tuning_split(seed: int, fraction: float, out: Path) -> tuple[Path, Path, int]:
@@ -262,16 +265,14 @@ def main() -> None:
     if args.extra and not args.student:
         sys.exit("error: --extra needs --student (the YOLOv8n rows are the yaml's recipe as it is)")
     student = " ".join([args.student, *args.extra]) if args.student else ""
-    model = [f"model.name={args.student}"] if args.student else []
     table = load_table()
     for setting in args.settings:
         extra = SETTINGS[setting]
         row_teacher = "" if extra is None and args.start == "random" else teacher
         run = Path(args.out) / run_name(setting, args.seed, train_seed, row_teacher, args.start, student)
         if not finished(run, args.epochs):
-            tool, overrides = row_command(extra, args.start, ROOT / teacher, args.teacher_classes)
-            # --extra before the setting's own overrides: a setting that turns a term off (kd.box=0) keeps it off
-            overrides = [*model, *(args.extra if tool == "distill.py" else []), *overrides]
+            tool, overrides = row_command(extra, args.start, ROOT / teacher, args.teacher_classes, args.student,
+                                          args.extra)
             config = "cctv_student.yaml" if tool == "train.py" else "cctv_distill.yaml"
             cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / config)]
             if (run / "config.yaml").is_file():

@@ -121,6 +121,12 @@ def test_sweep_rows_from_the_teachers_weights(bench):
     assert sweep.row_command(None, "random", t, "") == ("train.py", [])
     tool, args = sweep.row_command(sweep.SETTINGS["feature_joint"], "random", t, "")
     assert tool == "distill.py" and "model.init_from=" in args and "model.init_from=teacher" not in args
+    # another student: its model in every row; its KD overrides under the setting's (feature_only keeps box off)
+    giou = ["kd.box_loss=iou", "kd.box=7.5"]
+    assert sweep.row_command(None, "random", t, "", "yolo26n.yaml", giou) == ("train.py", ["model.name=yolo26n.yaml"])
+    for setting, box in (("feature_only", 0.0), ("box_only", 7.5), ("feature_joint", 7.5)):
+        tool, args = sweep.row_command(sweep.SETTINGS[setting], "random", t, "", "yolo26n.yaml", giou)
+        assert "model.name=yolo26n.yaml" in args and _kd(args).box == box and _kd(args).box_loss == "iou", setting
 
 
 def test_sweep_gains_pair_training_seeds_and_draw_a_frames_copies_together(bench, monkeypatch, tmp_path, capsys):
