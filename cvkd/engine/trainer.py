@@ -84,10 +84,11 @@ def build_qat_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter
 
 
 def detector_meta(model: DetectorAdapter, cfg: RunConfig, **extra) -> dict:
-    from ..deploy.qat import qat_silu
+    qat = {}
+    if cfg.train.qat:  # the loader rebuilds the fake-quant modules, with the SiLUs quantized or not as trained
+        from ..deploy.qat import qat_silu
 
-    # the loader rebuilds the fake-quant modules, with the SiLUs quantized or not as they were trained
-    qat = {"qat": cfg.train.qat, "qat_silu": qat_silu(model.model)} if cfg.train.qat else {}
+        qat = {"qat": cfg.train.qat, "qat_silu": qat_silu(model.model)}
     return {"family": model.family, "arch": model.arch_spec(), "class_names": model.class_names,
             "imgsz": cfg.data.imgsz, "cvkd_version": __version__, "config": to_dict(cfg), **qat, **extra}
 
