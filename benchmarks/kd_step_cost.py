@@ -52,6 +52,8 @@ def run_once(args, name: str, out: Path) -> float:
            f"train.channels_last={str(channels_last).lower()}"]
     if precision:
         cmd += [f"kd.teacher={args.teacher}", f"kd.teacher_precision={precision}", *ALL_SW]
+        if args.teacher_classes:
+            cmd.append(f"kd.teacher_classes={args.teacher_classes}")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"error: {name} failed: {(r.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -118,8 +120,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="training steps per run (default 20)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every setting (default 3)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
-    ap.add_argument("--teacher", default=str(ROOT / "checkpoints" / "cctv_yolov8s_teacher_fp16.pt.xz"),
+    ap.add_argument("--teacher", default=str(ROOT / "checkpoints" / "cctv_yolov8s_320_e188_fp16.pt.xz"),
                     help="teacher checkpoint (default: the shipped YOLOv8s CCTV teacher)")
+    ap.add_argument("--teacher-classes", default='{"0": person, "1": person}',
+                    help="kd.teacher_classes of --teacher (default: the shipped teacher's two classes merged; '' for "
+                         "a teacher of the data's classes)")
     ap.add_argument("--results", default=str(RESULTS), help=f"CSV to write (default {RESULTS.relative_to(ROOT)})")
     ap.add_argument("--teacher-pass", action="store_true",
                     help="time the teacher's forward pass alone (fp32 against bf16) and print the bf16 error")

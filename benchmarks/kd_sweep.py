@@ -229,7 +229,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30, help="epochs of every run (default 30)")
     ap.add_argument("--teacher", default=DEFAULT_TEACHER,
                     help=f"teacher checkpoint, relative to the repo (default {DEFAULT_TEACHER}, the teacher of the first "
-                         "rows; checkpoints/cctv_yolov8s_teacher_fp16.pt.xz is the shipped one). KD rows of another "
+                         "rows; checkpoints/cctv_yolov8s_320_e188_fp16.pt.xz is the shipped one). KD rows of another "
                          "teacher get their own run folders and rows")
     ap.add_argument("--start", choices=["random", "ws"], default="random",
                     help="student's initial weights in every row: random (default) or ws, the teacher's by weight "

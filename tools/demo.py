@@ -22,6 +22,7 @@ def main() -> int:
     from cvkd.errors import CvkdError
     from cvkd.eval import evaluate
     from cvkd.models import load_detector
+    from cvkd.models.class_map import map_teacher
     from cvkd.runs import pick_device
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,8 +31,9 @@ def main() -> int:
     args = ap.parse_args()
     try:
         cfg = resolve_config(args.config, args.overrides)
-        teacher = load_detector(ROOT / cfg.kd.teacher if not Path(cfg.kd.teacher).is_absolute() else cfg.kd.teacher)
         val = load_split(cfg.data, "val")
+        teacher = load_detector(ROOT / cfg.kd.teacher if not Path(cfg.kd.teacher).is_absolute() else cfg.kd.teacher)
+        teacher = map_teacher(teacher, val.class_names, cfg.kd.teacher_classes)  # scored on the data's classes
         device = pick_device(cfg.train.device)
         t_metrics = evaluate(teacher.to(device).eval().predict, CocoDataset(val, cfg.data.imgsz), cfg.data.imgsz,
                              cfg.train.eval_batch, device)

@@ -1,6 +1,6 @@
 """Shrink a detector checkpoint for shipping: weights only (no optimizer/EMA/resume state), fp16 by default.
 
-    cvkd slim runs/bench_cctv/teacher_rerun_linear_s0/final.pt checkpoints/cctv_yolov8s_teacher_fp16.pt.xz
+    cvkd slim runs/bench_cctv/teacher_rerun_linear_s0/final.pt teacher_fp16.pt.xz
     cvkd slim runs/detect/train/weights/last.pt teacher_fp16.pt.xz    # an ultralytics checkpoint -> cvkd format
 
 A destination ending in ``.xz`` is written xz-compressed (cvkd loads it directly).

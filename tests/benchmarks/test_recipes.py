@@ -2,6 +2,8 @@
 earlier one are what the tables name (all_joint and all_sw of benchmarks/cctv_distill.py)."""
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 import pytest
@@ -39,7 +41,8 @@ def test_yaml_and_demo_start_the_student_from_the_teacher(bench):
         assert (_cfg([*cctv.KD_RESET, *extra]).model.init_from == "teacher") == row.endswith("ws"), row
     assert _cfg(cctv.ALL_SW).model.init_from == ""
     demo = _cfg([], ROOT / "configs" / "demo.yaml")
-    assert demo.model.init_from == "teacher" and demo.kd == _kd([])
+    assert demo.model.init_from == "teacher" and demo.kd.teacher_classes == {"0": "person", "1": "person"}
+    assert dataclasses.replace(demo.kd, teacher_classes=None) == _kd([])
 
 
 def test_yaml_holds_all_joint_and_all_sw_pins_the_earlier_recipe(bench):
