@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -45,6 +46,7 @@ from cvkd.deploy import (  # noqa: E402
     score,
 )
 from cvkd.models import ModelError  # noqa: E402
+from cvkd.models.class_map import map_teacher  # noqa: E402
 
 VAL_JSON = ROOT / "data" / "cctv_people" / "val.json"
 VAL_IMAGES = ROOT.parent / "shared" / "datasets" / "cctv_people" / "valid" / "images"
@@ -111,6 +113,10 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise ExportError("--runs and --threads must be >= 1, --warmup >= 0")
     ExportRequest(int8=True, calib=Path(args.calib), calib_method=args.calib_method, opset=args.opset).check()
     data = None if args.no_map else load_coco(args.val_json, args.val_images, CLASS_MAP)
+    try:
+        teacher_classes = yaml.safe_load(args.teacher_classes) if args.teacher_classes else None
+    except yaml.YAMLError:
+        raise ExportError(f"--teacher-classes {args.teacher_classes!r} is not a YAML/JSON mapping") from None
     for role in ("teacher", "student", "baseline"):  # fail on a bad checkpoint before any slow work
         if getattr(args, role):
             load_for_export(getattr(args, role))
@@ -124,9 +130,12 @@ def run(args: argparse.Namespace) -> list[dict]:
                      size_mb=model_size_mb(r["file"]), threads=args.threads, runs=args.runs)
             if data is not None:
                 print(f"[{imgsz}] mAP of {r['model']} {r['precision']}", flush=True)
-                m = score(OrtDetector(r["file"], args.threads), data, imgsz)
+                detector = OrtDetector(r["file"], args.threads)
+                if r["model"] == args.labels[0] and teacher_classes:  # scored on the data's classes
+                    detector = map_teacher(detector, data.class_names, teacher_classes)
+                m = score(detector, data, imgsz)
                 r.update(map=m["map"], ap50=m["ap50"])
-        teacher = next((r for r in rows if r["model"] == "teacher" and r["precision"] == "fp32"), None)
+        teacher = next((r for r in rows if r["model"] == args.labels[0] and r["precision"] == "fp32"), None)
         for r in rows:
             if teacher is not None:
                 r["speedup_vs_teacher"] = teacher["latency_ms_median"] / r["latency_ms_median"]
@@ -165,6 +174,9 @@ def write_csv(rows: list[dict], path: Path, append: bool = False) -> None:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", help="teacher checkpoint (FP32 row; the reference of the ratio columns)")
+    ap.add_argument("--teacher-classes", default="",
+                    help="teacher class -> data class map, scored as kd.teacher_classes merges them (e.g. "
+                         "'{\"0\": person, \"1\": person}' for the shipped two-class teacher)")
     ap.add_argument("--student", required=True, help="distilled student checkpoint (FP32 and INT8 rows)")
     ap.add_argument("--baseline", help="the same student trained without KD, for reference (FP32 row)")
     ap.add_argument("--baseline-int8", action="store_true", help="also quantize --baseline")

@@ -97,4 +97,5 @@ def map_teacher(teacher: DetectorAdapter, student_classes: list[str], class_map:
     kept = int(groups.sum())
     log.info(f"teacher classes -> student classes: {kept} of {len(teacher.class_names)} teacher classes used, merged "
              f"into {list(student_classes)}")
-    return ClassMappedTeacher(teacher, groups.to(next(teacher.parameters()).device), student_classes)
+    tensor = next(iter([*teacher.parameters(), *teacher.buffers()]), None)  # an ONNX-backed teacher has no parameters
+    return ClassMappedTeacher(teacher, groups.to(tensor.device if tensor is not None else "cpu"), student_classes)

@@ -227,3 +227,17 @@ def test_npu_scheme_is_per_tensor_symmetric_int8_everywhere_but_the_tail(detecto
     assert np.isfinite(got).all()
     with pytest.raises(ExportError, match="unknown INT8 scheme"):
         quantize_int8(fp32, tmp_path / "x.onnx", calib_dir, frames=1, scheme="fp4")
+
+
+def test_ort_detector_through_a_class_map(tool_run):
+    """An ONNX file of other classes (a two-class teacher's, say) is scored on the data's classes through the same
+    map as distillation; the ONNX detector has no parameters, so the map's device comes from its buffers."""
+    from cvkd.models.class_map import ClassMappedTeacher, map_teacher
+
+    ort_det = OrtDetector(tool_run[2] / f"student_{IMGSZ}_full_fp32.onnx")
+    mapped = map_teacher(ort_det, ["human"], {"person": "human"})
+    assert isinstance(mapped, ClassMappedTeacher) and mapped.class_names == ["human"]
+    x = _image(3)
+    torch.testing.assert_close(mapped(x).cls_logits, ort_det(x).cls_logits)  # one member: the same scores
+    a, b = mapped.predict(x, conf=0.001)[0], ort_det.predict(x, conf=0.001)[0]
+    torch.testing.assert_close(a["scores"], b["scores"])
