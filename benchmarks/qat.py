@@ -79,11 +79,16 @@ def score_onnx(path: Path, val, imgsz: int, threads: int, keep: str = "") -> dic
     return {"map": m["map"], "ap50": m["ap50"], "latency_ms": statistics.mean(times), "size_mb": model_size_mb(path)}
 
 
-def export(weights: Path, out: Path, imgsz: int, **kw) -> dict:
+def export(weights: Path, out: Path, imgsz: int, precision: str, **kw) -> Path:
+    """The deployed ONNX file of ``weights`` at ``precision``: ``full`` (NMS outside), or for an end-to-end head
+    (YOLO26) the NMS-free ``e2e`` file of its one-to-one branch."""
     from cvkd.deploy import ExportRequest, export_set
     from cvkd.deploy.pipeline import load_for_export
 
-    return export_set(load_for_export(weights), ExportRequest(imgsz=imgsz, out_dir=out, stem=weights.parent.name, **kw))
+    adapter = load_for_export(weights)
+    variant = "e2e" if getattr(adapter, "end2end", False) else "full"
+    req = ExportRequest(imgsz=imgsz, out_dir=out, stem=weights.parent.name, variants=(variant,), **kw)
+    return export_set(adapter, req)[f"{variant}_{precision}"]
 
 
 def qat_command(args, row: str, scheme: str, seed: int) -> tuple[str, list[str]]:
@@ -183,15 +188,15 @@ def run_rows(args) -> None:
                     continue  # one FP32 row serves every scheme
                 t0 = time.time()
                 if row == "fp32":
-                    path = export(student, Path(args.out) / "fp32", args.imgsz)["full_fp32"]
+                    path = export(student, Path(args.out) / "fp32", args.imgsz, "fp32")
                 elif row == "ptq":
-                    path = export(student, Path(args.out) / f"ptq_{scheme}", args.imgsz, int8=True,
+                    path = export(student, Path(args.out) / f"ptq_{scheme}", args.imgsz, "int8", int8=True,
                                   calib=SHARED / "train/images", calib_frames=args.calib_frames,
-                                  calib_method="percentile", int8_scheme=scheme)["full_int8"]
+                                  calib_method="percentile", int8_scheme=scheme)
                 else:
                     weights = qat_run(args, row, scheme, seed)
-                    path = export(weights, weights.parent / "export", args.imgsz)[
-                        "full_fp32" if row == "fp32_ft" else "full_int8"]
+                    path = export(weights, weights.parent / "export", args.imgsz,
+                                  "fp32" if row == "fp32_ft" else "int8")
                 rec = {"scheme": "fp32" if row.startswith("fp32") else scheme, "row": row, "seed": seed,
                        "epochs": 0 if row == "fp32" else args.epochs,
                        "lr": "" if row in ("fp32", "ptq") else f"{args.lr:g}", "student": rel(student),

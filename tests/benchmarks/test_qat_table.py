@@ -77,3 +77,22 @@ def test_rows_of_another_fake_quant_placement_are_their_own_and_pair_with_their_
     # the ort KD rows pair with the ort QAT rows (equal), not with the conv ones (half as good)
     assert "| s | per_channel | 0.0001 | box | ort | qat_kd | qat | 2 | +0.0000 |" in out
     assert "| s | per_channel | 0.0001 | - | conv | qat | fp32 | 2 | -0.4950 |" in out
+
+
+@pytest.mark.parametrize("arch, variant", [("yolov8n.yaml", "full"), ("yolo26n.yaml", "e2e")])
+def test_rows_score_the_deployed_file(qat, arch, variant, tmp_path):
+    """A YOLO26 student is scored as it deploys, through the NMS-free one-to-one file, not the one-to-many one."""
+    import torch
+
+    from cvkd.checkpoint import save_checkpoint
+    from cvkd.deploy import read_metadata
+    from cvkd.models import build_detector
+
+    torch.manual_seed(0)
+    det = build_detector(arch, ["person"]).eval()
+    ckpt = tmp_path / "run" / "final.pt"
+    ckpt.parent.mkdir()
+    save_checkpoint(ckpt, "detector", det.model.state_dict(),
+                    {"family": det.family, "arch": det.arch_spec(), "class_names": det.class_names})
+    path = qat.export(ckpt, tmp_path / "out", 64, "fp32")
+    assert read_metadata(path)["cvkd_variant"] == variant and f"_{variant}_fp32" in path.name
