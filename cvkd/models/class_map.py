@@ -85,7 +85,11 @@ class ClassMappedTeacher(DetectorAdapter):
 
     def predict(self, img: Tensor, conf: float = 0.001, iou: float = 0.7, max_det: int = 300,
                 out: DetOutputs | None = None) -> list[dict[str, Tensor]]:
-        """Class-aware NMS on the merged classes (the one-to-many branch of an end-to-end teacher)."""
+        """The teacher's own decoding on the merged classes: an end-to-end head's NMS-free one-to-one top-k (or its
+        ``e2e_nms`` path), as it deploys and as it predicts unmapped; class-aware NMS for every other head."""
+        out = out if out is not None else self(img)
+        if getattr(self.teacher, "end2end", False):
+            return self.teacher.predict(img, conf, iou, max_det, out)
         return DetectorAdapter.predict(self, img, conf, iou, max_det, out)
 
 

@@ -63,3 +63,19 @@ def test_every_kd_term_through_a_mapped_teacher():
     assert source_rows(["person"], t) == (["0", "1"], [0])
     by_name = map_teacher(build_detector("yolov8s.yaml", ["car", "person"]).eval(), ["person"], None)
     assert source_rows(["person"], by_name) == (["car", "person"], [1])
+
+
+@pytest.mark.parametrize("e2e_nms", [False, True])
+def test_a_mapped_end_to_end_teacher_predicts_as_it_does_unmapped(e2e_nms):
+    """A YOLO26 teacher seen through a class map keeps its own decoding: NMS-free top-k of the one-to-one branch (or
+    its one-to-many + NMS path when asked), on the merged classes; a one-class rename changes no detection."""
+    torch.manual_seed(0)
+    teacher = build_detector("yolo26n.yaml", ["a"]).eval()
+    teacher.e2e_nms = e2e_nms
+    mapped = map_teacher(teacher, ["b"], {"a": "b"})
+    img = torch.rand(1, 3, 64, 64)  # (B, 3, S, S)
+    with torch.no_grad():
+        want, got = teacher.predict(img, conf=0.0)[0], mapped.predict(img, conf=0.0)[0]
+    assert len(got["scores"]) == len(want["scores"]) > 0
+    torch.testing.assert_close(got["scores"], want["scores"])
+    torch.testing.assert_close(got["boxes"], want["boxes"])
