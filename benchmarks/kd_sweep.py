@@ -50,7 +50,7 @@ SRC = ROOT.parent / "shared" / "datasets" / "cctv_people"
 DATA = ROOT / "data" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "kd_sweep.csv"
 COLUMNS = ["setting", "overrides", "start", "seed", "train_seed", "teacher", "student", "epochs", "tune_frames", "map",
-           "ap50", "run"]
+           "ap50", "run", "map_o2m"]  # map_o2m: end-to-end students (YOLO26), the one-to-many branch + NMS
 # seed: the tuning split; train_seed: the training run's seed (the same unless --train-seed says otherwise, which
 # measures the seed noise of one setting on one split); teacher: the KD rows' teacher checkpoint (rows of different
 # teachers are different rows, in different run folders); start: the student's initial weights, random or ws (the
@@ -290,7 +290,7 @@ def main() -> None:
             "setting": setting, "overrides": overrides_of(setting), "start": args.start, "seed": args.seed,
             "train_seed": train_seed, "teacher": row_teacher, "student": student,
             "epochs": args.epochs, "tune_frames": n_held, "map": r["map"], "ap50": r["ap50"],
-            "run": os.path.relpath(run, ROOT)}
+            "run": os.path.relpath(run, ROOT), "map_o2m": r.get("map_o2m", "")}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         with RESULTS.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)

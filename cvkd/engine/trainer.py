@@ -409,8 +409,14 @@ def end_epoch(cfg: RunConfig, run: Run, data: Data, models: Models, optim: Optim
                                      run.device, quiet=True, predictions_out=preds)
             if last:  # the final weights' detections: paired comparisons between runs (cvkd val --baseline)
                 write_predictions(preds, run.dir / "val_predictions.json")
-            row.update({k: f"{state.metrics[k]:.5f}" for k in ("map", "ap50", "ap75")},
-                       sec_eval=f"{time.time() - t1:.1f}")
+            row.update({k: f"{state.metrics[k]:.5f}" for k in ("map", "ap50", "ap75")})
+            if getattr(eval_model, "end2end", False):  # YOLO26: also its one-to-many branch + NMS (map_o2m), as
+                eval_model.e2e_nms = True                # ultralytics reports both; the one-to-one branch lags it
+                o2m = evaluate(eval_model.predict, data.val_ds, cfg.data.imgsz, cfg.train.eval_batch, run.device,
+                               quiet=True)
+                eval_model.e2e_nms = False
+                row["map_o2m"] = f"{o2m['map']:.5f}"
+            row["sec_eval"] = f"{time.time() - t1:.1f}"
         run.add_row(row)
         is_best = "map" in row and float(row["map"]) > state.best_map
         state.best_map = float(row["map"]) if is_best else state.best_map
