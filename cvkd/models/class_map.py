@@ -10,6 +10,7 @@ every KD term and the pseudo-labels of unlabelled frames (its ``predict``) see t
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 
 import torch
@@ -101,5 +102,5 @@ def map_teacher(teacher: DetectorAdapter, student_classes: list[str], class_map:
     kept = int(groups.sum())
     log.info(f"teacher classes -> student classes: {kept} of {len(teacher.class_names)} teacher classes used, merged "
              f"into {list(student_classes)}")
-    tensor = next(iter([*teacher.parameters(), *teacher.buffers()]), None)  # an ONNX-backed teacher has no parameters
+    tensor = next(itertools.chain(teacher.parameters(), teacher.buffers()), None)  # an ONNX teacher has no parameters
     return ClassMappedTeacher(teacher, groups.to(tensor.device if tensor is not None else "cpu"), student_classes)
