@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("YOLO_OFFLINE", "1")
 SHARED = ROOT.parent / "shared" / "datasets" / "cctv_people"
 RESULTS = ROOT / "benchmarks" / "results" / "qat.csv"
-COLUMNS = ["scheme", "row", "seed", "epochs", "lr", "kd", "placement", "map", "ap50", "latency_ms", "size_mb", "student",
-           "teacher", "file"]
+COLUMNS = ["scheme", "row", "seed", "epochs", "lr", "kd", "placement", "ranges", "map", "ap50", "latency_ms", "size_mb",
+           "student", "teacher", "file"]
 # placement of the fake quantization in the QAT rows: "ort", every tensor once where ORT's own quantizer puts it (conv,
 # SiLU, residual sum; cvkd since 2026-12-07); "conv", the convolutions' inputs and outputs only (the rows before, whose
 # SiLUs ran float in the deployed file). Rows without the column are "conv" ones.
@@ -98,13 +98,16 @@ def qat_command(args, row: str, scheme: str, seed: int) -> tuple[str, list[str]]
           "qat_self": [f"kd.teacher={args.student}", *recipe]}[row]
     tag = f"{row}_{args.kd}" if kd and args.kd != "logit_feature" else row  # logit_feature: the first look's names
     sched = f"e{args.epochs}" + (f"_lr{args.lr:g}" if args.lr != 0.001 else "")  # 0.001: the first look's names
-    name = f"qat_{scheme}_{tag}_{sched}_s{seed}_{PLACEMENT}" if row != "fp32_ft" else f"ft_{sched}_s{seed}"
+    ranges = f"_learned{args.range_lr:g}" if args.ranges == "learned" else ""  # minmax: the names before
+    name = f"qat_{scheme}_{tag}_{sched}_s{seed}_{PLACEMENT}{ranges}" if row != "fp32_ft" else f"ft_{sched}_s{seed}"
     tool = "distill.py" if kd else "train.py"
     cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / "cctv_student.yaml"), *DATA,
            f"out={args.out}", f"name={name}", f"model.name={args.student}",
            f"train.qat={'' if row == 'fp32_ft' else scheme}", f"train.epochs={args.epochs}", f"train.seed={seed}",
            f"train.threads={args.threads}", "train.optimizer=sgd", f"train.lr={args.lr}", "train.warmup_epochs=0",
            "data.close_mosaic=0", "data.mosaic=0", *kd]
+    if args.ranges == "learned" and row != "fp32_ft":
+        cmd += ["train.qat_ranges=learned", f"train.qat_range_lr={args.range_lr}"]
     return name, cmd
 
 
@@ -132,6 +135,9 @@ def main() -> None:
                     help="KD terms of the qat_kd and qat_self rows (default box: LD alone, see KD_RECIPES)")
     ap.add_argument("--lr", type=float, default=0.0001,
                     help="QAT fine-tune SGD learning rate (default 0.0001: the student's own final rate, lr x lrf)")
+    ap.add_argument("--ranges", default="minmax", choices=["minmax", "learned"],
+                    help="activation ranges of the QAT rows (train.qat_ranges): moving min/max, or learned (LSQ)")
+    ap.add_argument("--range-lr", type=float, default=0.01, help="Adam lr of learned ranges (train.qat_range_lr)")
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of training and of ORT timing (default 1)")
     ap.add_argument("--calib-frames", type=int, default=100, help="PTQ calibration frames from the train set")
@@ -147,14 +153,14 @@ def main() -> None:
     elif not args.table_only:
         run_rows(args)
     print_table()
-    print_gains()
+    print_gains(rel(Path(args.student)))
 
 
 def pred_name(rec: dict) -> str:
     """The name of a row's kept detections: one per student, scheme, row, fine-tune lr, KD recipe and seed."""
     placement = rec.get("placement") if rec.get("placement") not in ("", "conv", None) else ""  # conv: the first names
     parts = [Path(rec["student"]).parent.name, rec["scheme"], rec["row"], str(rec.get("lr") or ""),
-             rec.get("kd") or "", f"s{rec['seed']}", placement]
+             rec.get("kd") or "", f"s{rec['seed']}", placement, rec.get("ranges") or ""]
     return "_".join(p for p in parts if p)
 
 
@@ -202,6 +208,8 @@ def run_rows(args) -> None:
                        "lr": "" if row in ("fp32", "ptq") else f"{args.lr:g}", "student": rel(student),
                        "kd": args.kd if row in ("qat_kd", "qat_self") else "",
                        "placement": PLACEMENT if row.startswith("qat") else "",
+                       "ranges": f"learned{args.range_lr:g}" if row.startswith("qat") and args.ranges == "learned"
+                       else "",
                        "teacher": rel(Path(args.teacher)) if row == "qat_kd" else "", "file": rel(path)}
                 rec.update(score_onnx(path, val, args.imgsz, args.threads, keep=pred_name(rec)))
                 append(rec)
@@ -219,7 +227,7 @@ def append(rec: dict) -> None:
     """Add (or replace) one row; locked, so two runs of this script (one per scheme) can share the CSV."""
     import fcntl
 
-    key = ("scheme", "row", "seed", "lr", "kd", "placement", "student")
+    key = ("scheme", "row", "seed", "lr", "kd", "placement", "ranges", "student")
     rec = with_placement(rec)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with (RESULTS.parent / ".qat.lock").open("w") as lock:
@@ -241,14 +249,17 @@ def read() -> list[dict]:
 
 
 def with_placement(rec: dict) -> dict:
-    """A row written before the placement column is of the first placement ("conv")."""
-    return {**rec, "placement": rec.get("placement") or ("conv" if rec["row"].startswith("qat") else "")}
+    """A row written before the placement column is of the first placement ("conv"); before the ranges column,
+    minmax ranges ("")."""
+    return {**rec, "placement": rec.get("placement") or ("conv" if rec["row"].startswith("qat") else ""),
+            "ranges": rec.get("ranges") or ""}
 
 
 def print_table() -> None:
     groups: dict = {}
     for r in read():
-        groups.setdefault((r["student"], r["scheme"], r["row"], r.get("lr", ""), r.get("kd", ""), r["placement"]),
+        fake_quant = " ".join(x for x in (r["placement"], r["ranges"]) if x)
+        groups.setdefault((r["student"], r["scheme"], r["row"], r.get("lr", ""), r.get("kd", ""), fake_quant),
                           []).append(r)
     print("\n| student | scheme | row | lr | KD | fake quant | seeds | mAP@[.5:.95] mean +- sd | AP50 | ORT latency (ms, 1 thread) | MB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
@@ -266,14 +277,14 @@ COMPARISONS = [("ptq", "fp32"), ("qat", "fp32"), ("qat", "fp32_ft"), ("qat_kd", 
                ("qat_kd", "ptq"), ("qat_kd", "qat"), ("qat_self", "fp32"), ("qat_self", "qat")]
 
 
-def print_gains() -> None:
-    """Paired gains of the rows with kept detections, per student, scheme, fine-tune lr and KD recipe, with 95 %
-    intervals over the QAT seeds and val-image resamples (cvkd.eval.bootstrap)."""
+def print_gains(student: str) -> None:
+    """Paired gains of ``student``'s rows with kept detections, per scheme, fine-tune lr, KD recipe and fake-quant
+    placement and ranges, with 95 % intervals over the QAT seeds and val-image resamples (cvkd.eval.bootstrap)."""
     from cctv_distill import preds_path
     from cvkd.data import to_coco_dict
     from cvkd.eval.bootstrap import file_matches, paired_gain
 
-    recs = [r for r in read() if preds_path(pred_name(r), RESULTS).is_file()]
+    recs = [r for r in read() if r["student"] == student and preds_path(pred_name(r), RESULTS).is_file()]
     if not recs:
         return
     data = val_set()
@@ -286,21 +297,22 @@ def print_gains() -> None:
         return matched[name]
 
     for a_row, b_row in COMPARISONS:
-        for key in sorted({(r["student"], r["scheme"], r["lr"], r["kd"], r["placement"]) for r in recs
+        for key in sorted({(r["scheme"], r["lr"], r["kd"], r["placement"], r["ranges"]) for r in recs
                            if r["row"] == a_row}):
-            student, scheme, lr, kd, placement = key
+            scheme, lr, kd, placement, ranges = key
             a = {r["seed"]: r for r in recs
-                 if (r["student"], r["scheme"], r["lr"], r["kd"], r["placement"], r["row"]) == (*key, a_row)}
-            b = [r for r in recs if r["student"] == student and r["row"] == b_row
+                 if (r["scheme"], r["lr"], r["kd"], r["placement"], r["ranges"], r["row"]) == (*key, a_row)}
+            b = [r for r in recs if r["row"] == b_row
                  and r["scheme"] in (scheme, "fp32") and (b_row in ("fp32", "ptq") or r["lr"] == lr)
-                 and (not b_row.startswith("qat") or r["placement"] == placement)]
+                 and (not b_row.startswith("qat") or (r["placement"], r["ranges"]) == (placement, ranges))]
             b_seed = {r["seed"]: r for r in b}
             pairs = [(a[s], b_seed[s] if b_row not in ("fp32", "ptq") else b[0]) for s in sorted(a)
                      if b and (b_row in ("fp32", "ptq") or s in b_seed)]
             if not pairs:
                 continue
             g = paired_gain([(matches(x), matches(y)) for x, y in pairs])
-            lines.append(f"| {Path(student).parent.name} | {scheme} | {lr or '-'} | {kd or '-'} | {placement or '-'} | "
+            fake_quant = " ".join(x for x in (placement, ranges) if x) or "-"
+            lines.append(f"| {Path(student).parent.name} | {scheme} | {lr or '-'} | {kd or '-'} | {fake_quant} | "
                          f"{a_row} | {b_row} | "
                          f"{len(pairs)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | "
                          f"{'significant' if g.significant else 'not significant'} |")

@@ -17,6 +17,15 @@ min/max), fine-tune with the ranges still moving, freeze them for the last epoch
 (abs-max, per output channel or per tensor). Schemes as in :data:`cvkd.deploy.quantize.SCHEMES`: ``per_channel``
 (per-channel int8 weights, asymmetric uint8 activations) and ``npu`` (per-tensor symmetric int8 everywhere).
 The decode tail (DFL's fixed convolution and everything after the head's last convolutions) stays float.
+
+Activation ranges are either moving min/max (``ranges="minmax"``, above) or learned (``ranges="learned"``, the
+gradient of LSQ: Esser et al. 2020, "Learned Step Size Quantization"): after calibration each activation's scale
+becomes a parameter ``s = exp(log_s)`` trained by the task loss, ``d x_q / d s = round(x/s) - x/s`` inside the grid and
+``q_min`` / ``q_max`` where clipped. Where min/max is dominated by a few outliers (per-tensor symmetric grids, the
+``npu`` scheme), the loss can trade clipping them for a finer grid everywhere else. The scales train with their own
+Adam (:func:`cvkd.engine.optim.build_range_optimizer`): a fine-tune of a few dozen SGD steps at the student's final
+learning rate would not move them, and Adam's steps on ``log_s`` are relative changes of the same size for every
+tensor, whatever its range. Zero points stay those of the calibration.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 QAT_SCHEMES = ("per_channel", "npu")
+QAT_RANGES = ("minmax", "learned")
 
 
 class RangeObserver(nn.Module):
@@ -33,7 +43,7 @@ class RangeObserver(nn.Module):
     Training reads the scale as a tensor (no host sync per convolution on CUDA); eval and export read Python numbers,
     which the ONNX exporter writes as constants."""
 
-    def __init__(self, symmetric: bool):
+    def __init__(self, symmetric: bool, learned: bool = False):
         super().__init__()
         self.symmetric = symmetric
         self.qmin, self.qmax = (-128, 127) if symmetric else (0, 255)
@@ -42,6 +52,30 @@ class RangeObserver(nn.Module):
         self.register_buffer("seen", torch.tensor(False))
         self.frozen = False
         self._calibrated = False  # host copy of ``seen`` once it is True
+        self.learned = learned
+        if learned:  # the scale is a parameter once :meth:`start_learning` has set it from the calibrated range
+            self.log_scale = nn.Parameter(torch.zeros(1))
+            self.register_buffer("zero_point", torch.zeros(1))
+            self.register_buffer("scale_calibrated", torch.ones(1))  # where it started: how far learning moved it
+            self.register_buffer("learning", torch.tensor(False))
+            self._learning = False  # host copy of ``learning`` once it is True
+
+    @property
+    def is_learning(self) -> bool:
+        if not self.learned:
+            return False
+        self._learning = self._learning or bool(self.learning)
+        return self._learning
+
+    @torch.no_grad()
+    def start_learning(self) -> None:
+        """The calibrated range becomes the initial learned scale (and fixed zero point)."""
+        if self.learned and self.calibrated:
+            scale, zero = self.qparams_tensor()
+            self.log_scale.copy_(scale.log().reshape(1)), self.zero_point.copy_(zero.float().reshape(1))
+            self.scale_calibrated.copy_(scale.reshape(1))
+            self.learning.fill_(True)
+            self._learning = True
 
     @property
     def calibrated(self) -> bool:
@@ -49,12 +83,12 @@ class RangeObserver(nn.Module):
         return self._calibrated
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._calibrated = False  # a loaded ``seen`` may be False
+        self._calibrated = self._learning = False  # a loaded ``seen`` / ``learning`` may be False
         super()._load_from_state_dict(*args, **kwargs)
 
     @torch.no_grad()
     def update(self, x: Tensor) -> None:
-        if self.frozen:
+        if self.frozen or self.is_learning:
             return
         lo, hi = x.detach().min().float(), x.detach().max().float()
         if not self.calibrated:
@@ -64,7 +98,10 @@ class RangeObserver(nn.Module):
             self.lo.lerp_(lo, 0.1), self.hi.lerp_(hi, 0.1)
 
     def qparams(self, min_scale: float = 1e-8) -> tuple[float, int, int, int]:
-        """(scale, zero point, quant min, quant max): symmetric int8, or asymmetric uint8 covering [lo, hi] and 0."""
+        """(scale, zero point, quant min, quant max): symmetric int8, or asymmetric uint8 covering [lo, hi] and 0; a
+        learned range's own scale and zero point."""
+        if self.is_learning:
+            return max(float(self.log_scale.detach().exp()), min_scale), int(self.zero_point), self.qmin, self.qmax
         lo, hi = min(float(self.lo), 0.0), max(float(self.hi), 0.0)
         if self.symmetric:
             return max(max(-lo, hi) / 127.0, min_scale), 0, self.qmin, self.qmax
@@ -72,7 +109,10 @@ class RangeObserver(nn.Module):
         return scale, int(min(max(round(-lo / scale), 0), 255)), self.qmin, self.qmax
 
     def qparams_tensor(self, min_scale: Tensor | float = 1e-8) -> tuple[Tensor, Tensor]:
-        """:meth:`qparams`' scale (float32) and zero point (int32) as 0-d tensors on the observer's device."""
+        """:meth:`qparams`' scale (float32) and zero point (int32) as 0-d tensors on the observer's device (a learned
+        scale keeps its gradient)."""
+        if self.is_learning:
+            return torch.clamp(self.log_scale[0].exp(), min=min_scale), self.zero_point[0].to(torch.int32)
         lo, hi = self.lo.clamp(max=0.0), self.hi.clamp(min=0.0)
         if self.symmetric:
             return torch.clamp(torch.maximum(-lo, hi) / 127.0, min=min_scale), torch.zeros_like(lo, dtype=torch.int32)
@@ -84,6 +124,12 @@ class RangeObserver(nn.Module):
             self.update(x)
         if not self.calibrated:  # never calibrated: nothing to quantize with yet
             return x
+        if self.training and self.is_learning:
+            scale = torch.clamp(self.log_scale.exp(), min=min_scale)  # (1,)
+            scale = scale.detach() if self.frozen else scale
+            # (LSQ's gradient scale 1/sqrt(numel * q_max) is left out: Adam's steps do not depend on it)
+            return torch._fake_quantize_learnable_per_tensor_affine(x, scale, self.zero_point, self.qmin, self.qmax,
+                                                                    1.0)
         if self.training:
             scale, zero = self.qparams_tensor(min_scale)
             return torch.fake_quantize_per_tensor_affine(x, scale, zero, self.qmin, self.qmax)
@@ -106,9 +152,9 @@ class FakeQuantSiLU(nn.Module):
     """``x * sigmoid(x)`` with the sigmoid's output and the product fake-quantized: what ONNX Runtime's static
     quantizer makes of a SiLU between two quantized convolutions (``QLinearSigmoid`` then ``QLinearMul``)."""
 
-    def __init__(self, symmetric: bool):
+    def __init__(self, symmetric: bool, learned: bool = False):
         super().__init__()
-        self.sigmoid_out, self.act_out = RangeObserver(symmetric), RangeObserver(symmetric)
+        self.sigmoid_out, self.act_out = RangeObserver(symmetric, learned), RangeObserver(symmetric, learned)
 
     def forward(self, x: Tensor) -> Tensor:
         return _mark(self.act_out(x * self.sigmoid_out(torch.sigmoid(x))), self.act_out)
@@ -118,13 +164,13 @@ class FakeQuantConv(nn.Module):
     """``conv`` (BatchNorm already folded in) with fake-quantized input, weights and output. An input that a fake-quant
     module already put on its grid (:data:`QUANTIZED_BY`) is taken as it is."""
 
-    def __init__(self, conv: nn.Conv2d, scheme: str):
+    def __init__(self, conv: nn.Conv2d, scheme: str, learned: bool = False):
         super().__init__()
         if scheme not in QAT_SCHEMES:
             raise ValueError(f"unknown QAT scheme {scheme!r}: expected one of {QAT_SCHEMES}")
         self.conv, self.scheme = conv, scheme
         symmetric = scheme == "npu"
-        self.act_in, self.act_out = RangeObserver(symmetric), RangeObserver(symmetric)
+        self.act_in, self.act_out = RangeObserver(symmetric, learned), RangeObserver(symmetric, learned)
         # whose grid the input was on in training: -1 not seen yet, 0 act_in's, 1 the producer's. Eval and export
         # follow it, since an input may reach this conv on a grid only outside training (YOLO26's one-to-one head
         # reads detached neck features in training, the features themselves at inference)
@@ -188,11 +234,16 @@ def _quantize_output(module: nn.Module, inputs, output: Tensor) -> Tensor:
     return _mark(module.out_quant(output), module.out_quant)
 
 
-def prepare_qat(model: nn.Module, scheme: str, silu: bool = True) -> int:
+def prepare_qat(model: nn.Module, scheme: str, silu: bool = True, ranges: str = "minmax") -> int:
     """Fold BatchNorm, then wrap every convolution except DFL's fixed one in :class:`FakeQuantConv` and, with
     ``silu``, the SiLU of each conv block (``.conv`` + ``.act``) in :class:`FakeQuantSiLU`; the number of convolutions.
-    ``silu=False`` rebuilds the placement of QAT checkpoints written before the SiLU was quantized."""
+    ``silu=False`` rebuilds the placement of QAT checkpoints written before the SiLU was quantized; ``ranges``: moving
+    min/max activation ranges, or learned ones (:func:`start_learning` after calibration)."""
     from ..models.yolo import fold_conv_batchnorm
+
+    if ranges not in QAT_RANGES:
+        raise ValueError(f"unknown QAT activation ranges {ranges!r}: expected one of {QAT_RANGES}")
+    learned = ranges == "learned"
 
     fold_conv_batchnorm(model)
     n = 0
@@ -201,13 +252,13 @@ def prepare_qat(model: nn.Module, scheme: str, silu: bool = True) -> int:
             continue
         for child_name, child in list(parent.named_children()):
             if isinstance(child, nn.Conv2d) and not isinstance(parent, FakeQuantConv):
-                setattr(parent, child_name, FakeQuantConv(child, scheme))
+                setattr(parent, child_name, FakeQuantConv(child, scheme, learned))
                 n += 1
         if silu and isinstance(getattr(parent, "conv", None), FakeQuantConv) and isinstance(
                 getattr(parent, "act", None), nn.SiLU):
-            parent.act = FakeQuantSiLU(scheme == "npu")  # (ultralytics' blocks share one SiLU: each gets its own)
+            parent.act = FakeQuantSiLU(scheme == "npu", learned)  # (ultralytics' blocks share one SiLU: each gets its own)
         if silu and getattr(parent, "add", None) is True and hasattr(parent, "cv2"):  # a residual block (Bottleneck)
-            parent.out_quant = RangeObserver(scheme == "npu")
+            parent.out_quant = RangeObserver(scheme == "npu", learned)
             parent.register_forward_hook(_quantize_output)
     return n
 
@@ -215,6 +266,31 @@ def prepare_qat(model: nn.Module, scheme: str, silu: bool = True) -> int:
 def qat_silu(model: nn.Module) -> bool:
     """Whether a QAT model quantizes its SiLUs (the placement a checkpoint records as ``qat_silu``)."""
     return any(isinstance(m, FakeQuantSiLU) for m in model.modules())
+
+
+def qat_ranges(model: nn.Module) -> str:
+    """``learned`` or ``minmax``: how a QAT model's activation ranges are set (what a checkpoint records)."""
+    return "learned" if any(isinstance(m, RangeObserver) and m.learned for m in model.modules()) else "minmax"
+
+
+def start_learning(model: nn.Module) -> int:
+    """Turn every calibrated learned-range observer's range into its initial learned scale; how many."""
+    obs = [m for m in model.modules() if isinstance(m, RangeObserver) and m.learned and m.calibrated]
+    for m in obs:
+        m.start_learning()
+    return len(obs)
+
+
+@torch.no_grad()
+def learned_range_summary(model: nn.Module) -> str:
+    """How far the learned activation scales moved from their calibrated values (a log line), or ''."""
+    ratios = torch.cat([(m.log_scale.exp() / m.scale_calibrated).float().cpu() for m in model.modules()
+                        if isinstance(m, RangeObserver) and m.is_learning])
+    moved = ratios[(ratios - 1).abs() > 1e-6]  # not the input scales of convs that read their producer's grid
+    if not len(moved):
+        return f"learned activation scales: none moved from its calibrated value ({len(ratios)} scales)"
+    return (f"learned activation scales / calibrated: median {moved.median():.3f}, min {moved.min():.3f}, "
+            f"max {moved.max():.3f} ({len(moved)} of {len(ratios)} scales in use)")
 
 
 def freeze_ranges(model: nn.Module, frozen: bool = True) -> None:

@@ -67,6 +67,11 @@ class TrainConfig:
                                                  "ONNX Runtime runs) or npu (per-tensor symmetric); KD terms apply")
     qat_calib: int = setting(8, "QAT: training batches that set the activation ranges before the first step")
     qat_freeze: int = setting(1, "QAT: the last N epochs train with the activation ranges frozen")
+    qat_ranges: Literal["minmax", "learned"] = setting(
+        "minmax", "QAT activation ranges: minmax (moving min/max of each tensor) or learned (LSQ: each scale starts "
+        "from the calibrated range and trains with the task loss; clips outliers where that helps)")
+    qat_range_lr: float = setting(0.01, "QAT, learned ranges: Adam learning rate of the log activation scales (about "
+                                        "the relative change of a scale per optimizer step; follows the lr schedule)")
     batch: int = setting(16, "images per step")
     nbs: int = setting(64, "nominal batch size: gradients are accumulated to it, weight decay scaled by batch/nbs")
     optimizer: Literal["auto", "sgd", "adamw", "musgd"] = setting(

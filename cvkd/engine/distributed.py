@@ -59,6 +59,14 @@ def broadcast(d: Dist, obj):
     return box[0]
 
 
+@torch.no_grad()
+def broadcast_tensors(d: Dist, tensors) -> None:
+    """Overwrite each tensor in place with rank 0's value."""
+    if d.enabled:
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+
 def barrier(d: Dist) -> None:
     if d.enabled:
         dist.barrier()

@@ -53,12 +53,30 @@ def build_optimizer(params_from: list[nn.Module], cfg: TrainConfig, num_classes:
     return opt, lr, momentum
 
 
+def _is_range(module: nn.Module, name: str) -> bool:
+    """QAT's learned activation scales (cvkd.deploy.qat.RangeObserver): their own optimizer."""
+    return name == "log_scale" and getattr(module, "learned", False)
+
+
+def build_range_optimizer(params_from: list[nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer | None:
+    """Adam on QAT's learned activation scales (``log_s``), lr ``train.qat_range_lr``, no weight decay; None when
+    there are none."""
+    ranges = [p for module in params_from for m in module.modules() for name, p in m.named_parameters(recurse=False)
+              if p.requires_grad and _is_range(m, name)]
+    if not ranges:
+        return None
+    opt = torch.optim.Adam(ranges, lr=cfg.qat_range_lr)
+    opt.param_groups[0]["initial_lr"] = cfg.qat_range_lr
+    return opt
+
+
 def _trainable(params_from: list[nn.Module]):
-    """(module, name, parameter) of every parameter that trains, each once per module that owns it."""
+    """(module, name, parameter) of every parameter that trains, each once per module that owns it, except QAT's
+    learned activation scales (:func:`build_range_optimizer`)."""
     for module in params_from:
         for m in module.modules():
             for name, p in m.named_parameters(recurse=False):
-                if p.requires_grad:
+                if p.requires_grad and not _is_range(m, name):
                     yield m, name, p
 
 

@@ -30,9 +30,9 @@ from ..models.pretrained import load_backbone
 from ..runs import Run, resolve_run_config, seed_everything
 from .config import RunConfig
 from .distill import Distiller, cpu_bf16_teacher, teacher_forward
-from .distributed import mean_across, sharded_loader, sum_across
+from .distributed import broadcast_tensors, mean_across, sharded_loader, sum_across
 from .extra_data import add_extra_train, load_unlabeled, teacher_as_ground_truth
-from .optim import ModelEMA, build_optimizer, set_lr
+from .optim import ModelEMA, build_optimizer, build_range_optimizer, lr_factor, set_lr
 from .report import plot_results
 
 log = logging.getLogger("cvkd")
@@ -78,17 +78,18 @@ def build_qat_student(cfg: RunConfig, class_names: list[str]) -> DetectorAdapter
     if cfg.train.qat:
         from ..deploy.qat import prepare_qat
 
-        n = prepare_qat(student.model, cfg.train.qat)
-        log.info(f"QAT ({cfg.train.qat}): BatchNorm folded, {n} convolutions fake-quantized")
+        n = prepare_qat(student.model, cfg.train.qat, ranges=cfg.train.qat_ranges)
+        log.info(f"QAT ({cfg.train.qat}): BatchNorm folded, {n} convolutions fake-quantized, activation ranges "
+                 f"{cfg.train.qat_ranges}")
     return student
 
 
 def detector_meta(model: DetectorAdapter, cfg: RunConfig, **extra) -> dict:
     qat = {}
     if cfg.train.qat:  # the loader rebuilds the fake-quant modules, with the SiLUs quantized or not as trained
-        from ..deploy.qat import qat_silu
+        from ..deploy.qat import qat_ranges, qat_silu
 
-        qat = {"qat": cfg.train.qat, "qat_silu": qat_silu(model.model)}
+        qat = {"qat": cfg.train.qat, "qat_silu": qat_silu(model.model), "qat_ranges": qat_ranges(model.model)}
     return {"family": model.family, "arch": model.arch_spec(), "class_names": model.class_names,
             "imgsz": cfg.data.imgsz, "cvkd_version": __version__, "config": to_dict(cfg), **qat, **extra}
 
@@ -238,7 +239,9 @@ def build_models(cfg: RunConfig, class_names: list[str], run: Run, callbacks: Ca
     # KD-only steps on unlabelled frames leave the detection-loss-only parts without gradients
     # broadcast_buffers: every forward starts from rank 0's buffers, QAT's activation ranges included, so all
     # processes quantize with the same scales
-    step_fn = DDP(objective, find_unused_parameters=bool(cfg.data.unlabeled), broadcast_buffers=True) \
+    # learned QAT ranges: a conv reading its producer's grid leaves its own input scale unused
+    unused = bool(cfg.data.unlabeled) or (bool(cfg.train.qat) and cfg.train.qat_ranges == "learned")
+    step_fn = DDP(objective, find_unused_parameters=unused, broadcast_buffers=True) \
         if run.d.enabled else objective
     return Models(student, teacher, distiller, bf16, objective, step_fn)
 
@@ -254,6 +257,7 @@ class Optimization:
     accumulate: int  # micro-batches per optimizer step at the nominal batch size
     warmup_steps: int
     use_amp: bool
+    ranges: torch.optim.Optimizer | None = None  # QAT's learned activation scales (train.qat_ranges=learned)
 
 
 def build_optimization(cfg: RunConfig, run: Run, data: Data, models: Models) -> Optimization:
@@ -266,15 +270,21 @@ def build_optimization(cfg: RunConfig, run: Run, data: Data, models: Models) -> 
              f"momentum {momentum:g}")
     use_amp = cfg.train.amp and run.device.type == "cuda"
     if cfg.train.qat and run.resumed is None:  # activation ranges first: the EMA copy starts from them
-        from ..deploy.qat import calibrate
+        from ..deploy.qat import calibrate, start_learning
 
         loader = train_loader(cfg, run, data, 0)
         batches = (b["img"].to(run.device) for b, _ in zip(loader, range(cfg.train.qat_calib)))
         log.info(f"QAT: activation ranges set on {calibrate(models.student, batches)} batches")
+        if cfg.train.qat_ranges == "learned":
+            log.info(f"QAT: {start_learning(models.student.model)} activation scales learned from here "
+                     f"(Adam, lr {cfg.train.qat_range_lr:g})")
+            # each process calibrated on its own batches; DDP synchronised the parameters before: rank 0's scales
+            broadcast_tensors(run.d, [t for k, t in models.student.model.state_dict().items()
+                                      if k.endswith(("log_scale", "zero_point", "scale_calibrated"))])
     ema = ModelEMA(models.student, cfg.train.ema_decay) if cfg.train.ema else None
     warmup = max(round(cfg.train.warmup_epochs * steps), cfg.train.warmup_min_steps) if cfg.train.warmup_epochs > 0 else 0
     return Optimization(optimizer, base_lr, momentum, torch.amp.GradScaler("cuda", enabled=use_amp), ema, steps,
-                        accumulate, warmup, use_amp)
+                        accumulate, warmup, use_amp, build_range_optimizer([models.objective], cfg.train))
 
 
 @dataclass
@@ -292,6 +302,8 @@ def resume(run: Run, models: Models, optim: Optimization) -> State:
         return State(lr=optim.base_lr)
     models.student.model.load_state_dict(ck["model"])
     optim.optimizer.load_state_dict(ck["optimizer"])
+    if optim.ranges is not None and ck.get("ranges_optimizer") is not None:
+        optim.ranges.load_state_dict(ck["ranges_optimizer"])
     if models.distiller is not None and ck.get("distiller") is not None:
         models.distiller.load_state_dict(ck["distiller"])
     if optim.ema is not None and ck.get("ema") is not None:
@@ -343,12 +355,15 @@ def train_step(cfg: RunConfig, run: Run, models: Models, optim: Optimization, ba
 
 
 def optimizer_step(cfg: RunConfig, models: Models, optim: Optimization) -> None:
-    optim.scaler.unscale_(optim.optimizer)
+    optimizers = [o for o in (optim.optimizer, optim.ranges) if o is not None]
+    for o in optimizers:
+        optim.scaler.unscale_(o)
     if cfg.train.clip_grad > 0:
         torch.nn.utils.clip_grad_norm_(models.objective.parameters(), cfg.train.clip_grad)
-    optim.scaler.step(optim.optimizer)
+    for o in optimizers:
+        optim.scaler.step(o)
+        o.zero_grad(set_to_none=True)
     optim.scaler.update()
-    optim.optimizer.zero_grad(set_to_none=True)
     if optim.ema is not None:
         optim.ema.update(models.student)
 
@@ -370,13 +385,17 @@ def train_epoch(cfg: RunConfig, run: Run, data: Data, models: Models, optim: Opt
     t0 = time.time()
     bar = tqdm(loader, total=nb, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, mininterval=2,
                disable=not run.main)
-    optim.optimizer.zero_grad(set_to_none=True)
+    for o in (optim.optimizer, optim.ranges):
+        if o is not None:
+            o.zero_grad(set_to_none=True)
     last_opt_step = epoch * nb - 1  # each epoch ends with a step (see below), so none carries over
     for i, batch in enumerate(bar):
         if i >= nb:
             break
         step = i + nb * epoch
         state.lr = set_lr(optim.optimizer, cfg.train, optim.base_lr, optim.momentum, epoch, step, optim.warmup_steps)
+        if optim.ranges is not None:  # the same decay, no warm-up (the scales start calibrated)
+            optim.ranges.param_groups[0]["lr"] = optim.ranges.param_groups[0]["initial_lr"] * lr_factor(cfg.train, epoch)
         terms = train_step(cfg, run, models, optim, batch, unl_iter, kd_factor, epoch, i)
         # accumulate to the nominal batch; during warm-up the accumulation ramps up from 1 (as ultralytics does)
         acc = optim.accumulate if step >= optim.warmup_steps else \
@@ -426,10 +445,15 @@ def end_epoch(cfg: RunConfig, run: Run, data: Data, models: Models, optim: Optim
         run.save("last.pt", models.student.model.state_dict(), meta, optimizer=optim.optimizer.state_dict(),
                  ema=ema.ema.model.state_dict() if ema else None, ema_updates=ema.updates if ema else 0,
                  distiller=distiller.state_dict() if distiller else None, scaler=optim.scaler.state_dict(),
+                 ranges_optimizer=optim.ranges.state_dict() if optim.ranges else None,
                  epoch=epoch, best_map=state.best_map)
         if is_best:
             run.save("best.pt", eval_model.model.state_dict(), meta)
         log.info(f"epoch {epoch + 1}/{cfg.train.epochs}: " + " ".join(f"{k}={v}" for k, v in row.items() if k != "epoch"))
+        if cfg.train.qat_ranges == "learned" and cfg.train.qat:
+            from ..deploy.qat import learned_range_summary
+
+            log.info(learned_range_summary(models.student.model))
         for fn in callbacks.get("epoch_end", []):
             fn({"epoch": epoch, "row": row, "run_dir": run.dir})
     run.barrier()

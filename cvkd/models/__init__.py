@@ -54,7 +54,8 @@ def load_detector(path: str | Path, device: str | torch.device = "cpu") -> Detec
     if meta.get("qat"):  # a quantization-aware-trained student: the same fake-quant modules before its weights
         from ..deploy.qat import prepare_qat
 
-        prepare_qat(adapter.model, meta["qat"], silu=meta.get("qat_silu", False))  # False: files before 2026-12-07
+        prepare_qat(adapter.model, meta["qat"], silu=meta.get("qat_silu", False),  # False: files before 2026-12-07
+                    ranges=meta.get("qat_ranges", "minmax"))
     missing, unexpected = adapter.model.load_state_dict(ck["model"], strict=False)
     if missing or unexpected:
         raise ModelError(f"{path}: weights do not match the architecture ({len(missing)} missing, {len(unexpected)} unexpected keys)")

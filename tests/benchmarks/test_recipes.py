@@ -183,14 +183,21 @@ def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fa
     from types import SimpleNamespace
 
     qat = import_benchmark("qat")
-    args = SimpleNamespace(teacher="t.pt", teacher_kd=[], student="s.pt", out="runs/q", epochs=3, threads=1, lr=0.001,
-                           kd="box")
-    for row in [r for r in qat.ROWS if r not in ("fp32", "ptq")]:
-        for scheme in ("per_channel", "npu"):
-            name, cmd = qat.qat_command(args, row, scheme, 0)
-            overrides = [a for a in cmd[4:] if "=" in a]
-            cfg = _cfg([o for o in overrides if not o.startswith("kd.teacher=")],
-                       ROOT / "configs" / "cctv_student.yaml")
-            assert cfg.train.qat == ("" if row == "fp32_ft" else scheme) and cfg.train.epochs == 3
-            assert cfg.data.mosaic == 0 and cfg.model.name == "s.pt"
-            assert cmd[1].endswith("distill.py") == (row in ("qat_kd", "qat_self")), row
+    names = set()
+    for ranges in ("minmax", "learned"):
+        args = SimpleNamespace(teacher="t.pt", teacher_kd=[], student="s.pt", out="runs/q", epochs=3, threads=1,
+                               lr=0.001, kd="box", ranges=ranges, range_lr=0.02)
+        for row in [r for r in qat.ROWS if r not in ("fp32", "ptq")]:
+            for scheme in ("per_channel", "npu"):
+                name, cmd = qat.qat_command(args, row, scheme, 0)
+                names.add(name)
+                overrides = [a for a in cmd[4:] if "=" in a]
+                cfg = _cfg([o for o in overrides if not o.startswith("kd.teacher=")],
+                           ROOT / "configs" / "cctv_student.yaml")
+                assert cfg.train.qat == ("" if row == "fp32_ft" else scheme) and cfg.train.epochs == 3
+                assert cfg.data.mosaic == 0 and cfg.model.name == "s.pt"
+                assert cmd[1].endswith("distill.py") == (row in ("qat_kd", "qat_self")), row
+                learned = ranges == "learned" and row != "fp32_ft"
+                assert cfg.train.qat_ranges == ("learned" if learned else "minmax")
+                assert cfg.train.qat_range_lr == (0.02 if learned else 0.01)
+    assert len(names) == 2 * 2 * 3 + 1  # a run of its own per ranges, scheme and QAT row; one FP32 control

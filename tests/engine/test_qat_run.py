@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 import torch
 
 from cvkd.engine.trainer import resolve_config, train
@@ -48,7 +49,8 @@ def test_qat_kd_smoke_then_int8_export(tiny_run, tmp_path):
     assert r.returncode == 2 and "drop --int8" in r.stderr
 
 
-def test_qat_under_torchrun_keeps_the_processes_identical(tiny_run, tmp_path):
+@pytest.mark.parametrize("ranges", ["minmax", "learned"])
+def test_qat_under_torchrun_keeps_the_processes_identical(tiny_run, tmp_path, ranges):
     from cvkd.checkpoint import save_checkpoint
     from cvkd.models import build_detector
 
@@ -57,12 +59,56 @@ def test_qat_under_torchrun_keeps_the_processes_identical(tiny_run, tmp_path):
     save_checkpoint(fp32, "detector", m.model.state_dict(), {"family": "yolo", "arch": m.arch_spec(),
                                                             "class_names": ["person"]})
     env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={29533 + (ranges == 'learned')}",
            str(ROOT / "tools" / "train.py"), *tiny_run, "name=qat_ddp", "train.epochs=1", "train.device=cpu",
-           f"model.name={fp32}", "train.qat=npu", "train.qat_calib=1", "train.batch=2"]
+           f"model.name={fp32}", "train.qat=npu", "train.qat_calib=1", "train.batch=2", f"train.qat_ranges={ranges}",
+           f"train.qat_freeze={int(ranges == 'minmax')}"]  # learned: ranges that move in the only epoch
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     log = (tmp_path / "runs" / "qat_ddp" / "train.log").read_text()
     assert "2 processes" in log and "weights identical on all 2 processes: True" in log
     ck = torch.load(tmp_path / "runs" / "qat_ddp" / "final.pt", map_location="cpu", weights_only=True)
     assert ck["meta"]["qat"] == "npu" and any(k.endswith("act_in.seen") and v for k, v in ck["model"].items())
+    assert ck["meta"]["qat_ranges"] == ranges
+    if ranges == "learned":  # the scales trained (their own Adam), and the loader rebuilds them as learned ones
+        assert "activation scales learned from here" in log and "learned activation scales / calibrated" in log
+        from cvkd.deploy.qat import RangeObserver
+
+        obs = [o for o in load_detector(tmp_path / "runs" / "qat_ddp" / "final.pt").modules()
+               if isinstance(o, RangeObserver)]
+        assert obs and all(o.is_learning for o in obs if o.calibrated)
+
+
+def test_a_killed_learned_range_qat_run_resumes_with_its_range_optimizer(tiny_run, tmp_path):
+    """Learned activation scales train with their own Adam: a resumed run continues its state, so that it has taken as
+    many steps as the weights' optimizer (AdamW here, whose state resumes too) when the run ends."""
+    import signal
+    import time
+
+    from cvkd.checkpoint import load_checkpoint, save_checkpoint
+    from cvkd.models import build_detector
+
+    m = build_detector("yolov8n.yaml", ["person"])
+    fp32 = tmp_path / "fp32.pt"
+    save_checkpoint(fp32, "detector", m.model.state_dict(), {"family": "yolo", "arch": m.arch_spec(),
+                                                            "class_names": ["person"]})
+    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train.py"), *tiny_run, "name=lsq", "train.epochs=4",
+                             f"model.name={fp32}", "train.qat=npu", "train.qat_calib=1", "train.qat_ranges=learned",
+                             "train.qat_freeze=0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "runs" / "lsq"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "last.pt").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = load_checkpoint(run / "last.pt", "detector")["epoch"] + 1
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), f"resume={run}"], capture_output=True,
+                       text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ck = load_checkpoint(run / "last.pt", "detector")
+    steps = [int(s["step"]) for s in ck["ranges_optimizer"]["state"].values()]
+    weight_steps = max(int(s["step"]) for s in ck["optimizer"]["state"].values())
+    assert ck["epoch"] + 1 == 4 and steps and max(steps) == weight_steps > 4, (done, steps, weight_steps)
+    if done < 4:
+        assert f"epoch {done + 1} of 4 is next" in (run / "train.log").read_text()

@@ -17,17 +17,21 @@ from cvkd.deploy.qat import (
     dequantize_after_views,
     fold_weight_quantization,
     freeze_ranges,
+    learned_range_summary,
     prepare_qat,
     quantize_biases,
+    start_learning,
 )
 from cvkd.models import build_detector
 
 IMG = 64
 
 
-def calibrated(scheme: str, lively: bool = False, arch: str = "yolov8n.yaml"):
+def calibrated(scheme: str, lively: bool = False, arch: str = "yolov8n.yaml", ranges: str = "minmax"):
     """A calibrated fake-quant YOLOv8n; ``lively``: weights drawn wider than the init, whose deep activations are
-    nearly constant (quantized to one level, leaving the head convs without a gradient)."""
+    nearly constant (quantized to one level, leaving the head convs without a gradient); ``ranges="learned"``: its
+    scales then learned, each moved by a factor of 1-1.35 as training would (not shrunk: the deep activations of a
+    random model are near-constant, and a smaller grid would clip all of them)."""
     torch.manual_seed(0)
     m = build_detector(arch, ["person"])
     if lively:
@@ -35,11 +39,16 @@ def calibrated(scheme: str, lively: bool = False, arch: str = "yolov8n.yaml"):
             for name, p in m.model.named_parameters():
                 if p.dim() == 4 and ".dfl." not in name:
                     p.normal_(0, (2 / p[0].numel()) ** 0.5)  # He init
-    n = prepare_qat(m.model, scheme)
+    n = prepare_qat(m.model, scheme, ranges=ranges)
     m.train()
     with torch.no_grad():
         for _ in range(3):
             m(torch.rand(2, 3, IMG, IMG))
+        if ranges == "learned":
+            start_learning(m.model)
+            for name, p in m.model.named_parameters():
+                if name.endswith("log_scale"):
+                    p.add_(torch.empty_like(p).uniform_(0.0, 0.3))
     freeze_ranges(m.model)
     return m.eval(), n
 
@@ -78,6 +87,62 @@ def test_training_reads_the_same_scale_as_export_without_leaving_the_device(symm
     assert not RangeObserver(symmetric).calibrated
 
 
+def test_a_learned_range_starts_at_its_calibration_and_gets_the_lsq_gradient():
+    obs = RangeObserver(True, learned=True).train()
+    x = torch.tensor([0.26, -0.33, 13.0, -13.0])
+    fixed = RangeObserver(True).train()
+    fixed(x), obs(x)
+    obs.start_learning()
+    fixed.frozen = True
+    assert obs.is_learning and obs.qparams()[0] == pytest.approx(fixed.qparams()[0], rel=1e-6)  # 13 / 127
+    torch.testing.assert_close(obs(x), fixed(x), rtol=0, atol=1e-6)
+    obs(x * 3)
+    assert obs.qparams()[0] == pytest.approx(13 / 127, rel=1e-6)  # min/max no longer moves it
+    with torch.no_grad():
+        obs.log_scale.fill_(torch.log(torch.tensor(0.1)).item())
+    obs(x).sum().backward()
+    # d x_q / d s: round(x/s) - x/s inside the grid (3 - 2.6, -3 + 3.3), q_max / q_min where clipped (130, -130);
+    # d / d log s = s * d / d s
+    assert obs.log_scale.grad.item() == pytest.approx(0.1 * (0.4 + 0.3 + 127 - 128), abs=1e-5)
+    assert obs.qparams()[0] == pytest.approx(0.1) and obs.qparams_tensor()[0].item() == pytest.approx(0.1)
+    fresh = RangeObserver(True, learned=True)
+    fresh.load_state_dict(obs.state_dict())  # a checkpoint's learned range is the one exported
+    assert fresh.is_learning and fresh.qparams() == obs.qparams()
+    obs.frozen, obs.log_scale.grad = True, None
+    obs(x.clone().requires_grad_()).sum().backward()
+    assert obs.log_scale.grad is None  # frozen: the last epochs train against fixed scales
+
+
+def test_learned_ranges_train_with_their_own_optimizer_and_every_used_scale_gets_a_gradient():
+    from cvkd.engine.config import TrainConfig
+    from cvkd.engine.optim import build_optimizer, build_range_optimizer
+
+    m, _ = calibrated("npu", lively=True, ranges="learned")
+    scales = {id(p) for k, p in m.model.named_parameters() if k.endswith("log_scale")}
+    assert len(scales) == 246  # every observer: conv inputs and outputs, SiLUs' sigmoid and product, residual sums
+    cfg = TrainConfig(optimizer="sgd", qat_range_lr=0.02)
+    opt, _, _ = build_optimizer([m.model], cfg, 1, 1)
+    ranges = build_range_optimizer([m.model], cfg)
+    in_opt = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not in_opt & scales and {id(p) for p in ranges.param_groups[0]["params"]} == scales
+    assert isinstance(ranges, torch.optim.Adam) and ranges.param_groups[0]["lr"] == 0.02
+    assert build_range_optimizer([build_detector("yolov8n.yaml", ["person"]).model], cfg) is None
+    m.train()
+    freeze_ranges(m.model, False)
+    out = m(torch.rand(2, 3, IMG, IMG))
+    (out.cls_logits.sigmoid().sum() + out.boxes.sum() * 1e-3).backward()
+    # unused: the input scales of convs that read their producer's grid
+    grads = [o.log_scale.grad is not None and bool(o.log_scale.grad.abs() > 0) for o in m.model.modules()
+             if isinstance(o, RangeObserver)]
+    readers = sum(1 for mod in m.model.modules() if isinstance(mod, FakeQuantConv) and int(mod.input_grid) == 1)
+    assert sum(grads) == 246 - readers and readers > 0
+    before = {k: p.detach().clone() for k, p in m.model.named_parameters() if k.endswith("log_scale")}
+    ranges.step()
+    moved = [k for k, p in m.model.named_parameters() if k.endswith("log_scale") and not torch.equal(p, before[k])]
+    assert len(moved) == 246 - readers
+    assert "of 246 scales in use" in learned_range_summary(m.model)
+
+
 def test_straight_through_gradients_reach_every_student_weight():
     m, _ = calibrated("npu", lively=True)
     m.train()
@@ -105,11 +170,11 @@ def run_in_ort_as_the_fake_quant_model(path, x, ref) -> collections.Counter:
     return collections.Counter(nd.op_type for nd in onnx.load(str(path.parent / "opt.onnx")).graph.node)
 
 
-@pytest.mark.parametrize("scheme", ["per_channel", "npu"])
-def test_qdq_export_runs_in_ort_and_matches_the_fake_quant_model(scheme, tmp_path):
+@pytest.mark.parametrize("scheme,ranges", [("per_channel", "minmax"), ("npu", "minmax"), ("npu", "learned")])
+def test_qdq_export_runs_in_ort_and_matches_the_fake_quant_model(scheme, ranges, tmp_path):
     # lively weights: a trained model's activation ranges (the default init's deep activations are ~0, and ORT's fused
     # sigmoid and product are not exact on grids of 1e-8)
-    m, n = calibrated(scheme, lively=True)
+    m, n = calibrated(scheme, lively=True, ranges=ranges)
     x = torch.rand(1, 3, IMG, IMG)
     with torch.no_grad():
         ref = m(x)
