@@ -22,13 +22,15 @@ def qat(import_benchmark, monkeypatch, tmp_path):
     return qat
 
 
-def _add(qat, scheme, row, seed, found, lr="", kd="", placement=None):
+def _add(qat, scheme, row, seed, found, lr="", kd="", placement=None, ranges=None, student="runs/s/final.pt"):
     from cctv_distill import keep_predictions
 
     rec = {"scheme": scheme, "row": row, "seed": seed, "epochs": 3, "lr": lr, "kd": kd, "map": len(found) / 20,
-           "ap50": 0.5, "latency_ms": 1.0, "size_mb": 1.0, "student": "runs/s/final.pt", "teacher": "", "file": "x"}
+           "ap50": 0.5, "latency_ms": 1.0, "size_mb": 1.0, "student": student, "teacher": "", "file": "x"}
     if placement is not None:
         rec["placement"] = placement
+    if ranges is not None:
+        rec["ranges"] = ranges
     qat.append(rec)
     box = {"category_id": 1, "bbox": [8, 8, 32, 32], "score": 0.9}
     keep_predictions(qat.pred_name(rec), [{"image_id": i, **box} for i in found], qat.RESULTS)
@@ -41,7 +43,7 @@ def test_paired_gains_pair_each_seed_with_the_one_fp32_model_and_the_same_seed_o
         _add(qat, "per_channel", "qat", s, range(1, 21), lr="0.0001")
         _add(qat, "per_channel", "qat_kd", s, range(1, 21), lr="0.0001", kd="box")
     _add(qat, "per_channel", "qat_kd", 0, range(1, 11), lr="0.001", kd="box")  # another lr: its own comparisons
-    qat.print_gains()
+    qat.print_gains("runs/s/final.pt")
     out = capsys.readouterr().out
     assert "| s | per_channel | - | - | - | ptq | fp32 | 1 | -0.4950 |" in out
     assert "| s | per_channel | 0.0001 | box | conv | qat_kd | ptq | 3 | +0.4950 |" in out and "| significant |" in out
@@ -72,11 +74,30 @@ def test_rows_of_another_fake_quant_placement_are_their_own_and_pair_with_their_
     rows = qat.read()
     assert len(rows) == 7 and sorted(r["placement"] for r in rows) == ["", "conv", "conv", "ort", "ort", "ort", "ort"]
     assert len({qat.pred_name(r) for r in rows}) == 7
-    qat.print_gains()
+    qat.print_gains("runs/s/final.pt")
     out = capsys.readouterr().out
     # the ort KD rows pair with the ort QAT rows (equal), not with the conv ones (half as good)
     assert "| s | per_channel | 0.0001 | box | ort | qat_kd | qat | 2 | +0.0000 |" in out
     assert "| s | per_channel | 0.0001 | - | conv | qat | fp32 | 2 | -0.4950 |" in out
+
+
+def test_learned_range_rows_are_their_own_and_only_the_students_rows_are_paired(qat, capsys):
+    _add(qat, "fp32", "fp32", 0, range(1, 21))
+    _add(qat, "fp32", "fp32", 0, range(1, 21), student="runs/other/final.pt")
+    for s in range(2):
+        _add(qat, "npu", "qat", s, range(1, 11), lr="0.0001", placement="ort")
+        _add(qat, "npu", "qat", s, range(1, 21), lr="0.0001", placement="ort", ranges="learned0.01")
+        _add(qat, "npu", "qat_kd", s, range(1, 21), lr="0.0001", kd="box", placement="ort", ranges="learned0.01")
+        _add(qat, "npu", "qat", s, range(1, 21), lr="0.0001", placement="ort", student="runs/other/final.pt")
+    rows = qat.read()
+    assert len(rows) == 10 and len({qat.pred_name(r) for r in rows}) == 10
+    qat.print_gains("runs/s/final.pt")
+    out = capsys.readouterr().out
+    # learned KD rows pair with the learned QAT rows (equal), not with the min/max ones (half as good)
+    assert "| s | npu | 0.0001 | box | ort learned0.01 | qat_kd | qat | 2 | +0.0000 |" in out
+    assert "| s | npu | 0.0001 | - | ort | qat | fp32 | 2 | -0.4950 |" in out
+    assert "| s | npu | 0.0001 | - | ort learned0.01 | qat | fp32 | 2 | +0.0000 |" in out
+    assert "| other |" not in out  # another student's rows: not bootstrapped
 
 
 @pytest.mark.parametrize("arch, variant", [("yolov8n.yaml", "full"), ("yolo26n.yaml", "e2e")])
