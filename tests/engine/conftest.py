@@ -39,3 +39,18 @@ def run_tool(tool: str, args: list[str], **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, str(ROOT / "tools" / tool), *args], capture_output=True, text=True,
                           env=env, timeout=600, **kw)
+
+
+def kill_after_first_checkpoint(tool: str, args: list[str], run: Path) -> None:
+    """Start ``tool`` and SIGKILL it as soon as its run folder holds a ``last.pt`` (a kill mid-run)."""
+    import signal
+    import time
+
+    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / tool), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "last.pt").is_file():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

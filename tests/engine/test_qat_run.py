@@ -14,7 +14,7 @@ import torch
 from cvkd.engine.trainer import resolve_config, train
 from cvkd.models import load_detector
 
-from .conftest import MINI, ROOT
+from .conftest import MINI, ROOT, kill_after_first_checkpoint
 
 
 def test_qat_kd_smoke_then_int8_export(tiny_run, tmp_path):
@@ -82,9 +82,6 @@ def test_qat_under_torchrun_keeps_the_processes_identical(tiny_run, tmp_path, ra
 def test_a_killed_learned_range_qat_run_resumes_with_its_range_optimizer(tiny_run, tmp_path):
     """Learned activation scales train with their own Adam: a resumed run continues its state, so that it has taken as
     many steps as the weights' optimizer (AdamW here, whose state resumes too) when the run ends."""
-    import signal
-    import time
-
     from cvkd.checkpoint import load_checkpoint, save_checkpoint
     from cvkd.models import build_detector
 
@@ -93,15 +90,10 @@ def test_a_killed_learned_range_qat_run_resumes_with_its_range_optimizer(tiny_ru
     save_checkpoint(fp32, "detector", m.model.state_dict(), {"family": "yolo", "arch": m.arch_spec(),
                                                             "class_names": ["person"]})
     env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train.py"), *tiny_run, "name=lsq", "train.epochs=4",
-                             f"model.name={fp32}", "train.qat=npu", "train.qat_calib=1", "train.qat_ranges=learned",
-                             "train.qat_freeze=0"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = tmp_path / "runs" / "lsq"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run / "last.pt").is_file():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint("train.py", [*tiny_run, "name=lsq", "train.epochs=4", f"model.name={fp32}",
+                                             "train.qat=npu", "train.qat_calib=1", "train.qat_ranges=learned",
+                                             "train.qat_freeze=0"], run)
     done = load_checkpoint(run / "last.pt", "detector")["epoch"] + 1
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), f"resume={run}"], capture_output=True,
                        text=True, env=env, timeout=600)

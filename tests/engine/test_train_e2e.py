@@ -1,10 +1,8 @@
 import csv
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 from cvkd.checkpoint import load_checkpoint, save_checkpoint
 from cvkd.models import build_detector, load_detector
 
-from .conftest import ROOT, run_tool
+from .conftest import ROOT, kill_after_first_checkpoint, run_tool
 
 
 def _rows(run: Path) -> list[dict]:
@@ -74,16 +72,8 @@ def test_student_starts_from_teacher_by_weight_selection(tmp_path, tiny_run):
 
 
 def test_train_resumes_after_kill(tmp_path, tiny_run):
-    args = [*tiny_run, "name=res", "train.epochs=4"]
-    env = {**os.environ, "YOLO_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tools" / "train.py"), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run = tmp_path / "runs" / "res"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run / "last.pt").is_file():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint("train.py", [*tiny_run, "name=res", "train.epochs=4"], run)
     done = load_checkpoint(run / "last.pt", "detector")["epoch"] + 1  # finished epochs (1-based) at the kill
     before = _rows(run)[:done]
     r = run_tool("train.py", [f"resume={run}"])
