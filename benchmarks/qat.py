@@ -17,6 +17,14 @@ int8 everywhere, as strict camera NPUs require), scores through ONNX Runtime (th
         --epochs 3 --seeds 0 --threads 1
 
 Writes benchmarks/results/qat.csv (one row per scheme, row and seed; re-running adds to it) and prints the table.
+
+``--tune-split SEED`` chooses QAT settings (e.g. ``--range-lr``) without looking at val: the fine-tunes train on the
+train split less a held-out ``--tune-fraction`` of its source frames (the split of benchmarks/kd_sweep.py) and are
+scored on those frames, into benchmarks/results/qat_tune.csv. The FP32 student did see the held-out frames in its own
+training (all alike for every row), so these rows rank settings against each other; claims are measured on val.
+
+    python benchmarks/qat.py --student runs/bench_cctv/ws_rerun_s0_ul_e158/final.pt --schemes npu \
+        --rows fp32 qat --ranges learned --range-lr 0.03 --tune-split 0
 """
 from __future__ import annotations
 
@@ -40,17 +48,22 @@ COLUMNS = ["scheme", "row", "seed", "epochs", "lr", "kd", "placement", "ranges",
 # SiLUs ran float in the deployed file). Rows without the column are "conv" ones.
 PLACEMENT = "ort"
 ROWS = ["fp32", "fp32_ft", "ptq", "qat", "qat_kd", "qat_self"]
-DATA = [f"data.train_json={ROOT / 'data/cctv_people/train.json'}", f"data.train_images={SHARED / 'train/images'}",
-        f"data.val_json={ROOT / 'data/cctv_people/val.json'}", f"data.val_images={SHARED / 'valid/images'}",
-        "data.class_map={'0': person, '1': person}"]
+# (train json, val json, val images) of the fine-tunes and of the scores; --tune-split replaces them
+SPLIT = (ROOT / "data/cctv_people/train.json", ROOT / "data/cctv_people/val.json", SHARED / "valid/images")
 # KD terms of the qat_kd / qat_self rows (--kd):
 # * box: LD on the DFL bins alone (w 0.25, T 10), the term the tuning split chose on top of a ws start
 #   (benchmarks/kd_sweep.py, row box_only); it needs no adapter, so the 3-epoch fine-tune trains no fresh module;
-# * logit_feature: the logit and feature terms of configs/cctv_distill.yaml with their MLP adapter (the first look)
+# * logit_feature: the logit and feature terms of configs/cctv_distill.yaml with their MLP adapter (the first look);
+# * cwd: channel-wise distillation of the neck features (T 4, w 2, the CCTV table's feature row) with no adapter, for
+#   qat_self only: the QAT student keeps its own FP32 features, as YOLOv6's QAT distils its FP32 self channel-wise
+#   (Li et al. 2022, "YOLOv6: A Single-Stage Object Detection Framework for Industrial Applications"); a teacher of
+#   other channels is refused
 KD_RECIPES = {
     "box": ["kd.logit=0", "kd.feature=0", "kd.box=0.25", "kd.box_loss=ld", "kd.box_t=10.0"],
     "logit_feature": ["kd.logit=4.0", "kd.logit_t=1.0", "kd.feature=6.0", "kd.feature_loss=hint",
                       "kd.feature_norm=joint", "kd.feature_mask=teacher_score", "kd.feature_adapter=mlp", "kd.box=0"],
+    "cwd": ["kd.logit=0", "kd.box=0", "kd.feature=2.0", "kd.feature_loss=cwd", "kd.feature_t=4.0",
+            "kd.feature_adapter=none"],
 }
 
 
@@ -101,7 +114,12 @@ def qat_command(args, row: str, scheme: str, seed: int) -> tuple[str, list[str]]
     ranges = f"_learned{args.range_lr:g}" if args.ranges == "learned" else ""  # minmax: the names before
     name = f"qat_{scheme}_{tag}_{sched}_s{seed}_{PLACEMENT}{ranges}" if row != "fp32_ft" else f"ft_{sched}_s{seed}"
     tool = "distill.py" if kd else "train.py"
-    cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / "cctv_student.yaml"), *DATA,
+    train_json, val_json, val_images = SPLIT
+    data = [f"data.train_json={train_json}", f"data.train_images={SHARED / 'train/images'}",
+            f"data.val_json={val_json}", f"data.val_images={val_images}", "data.class_map={'0': person, '1': person}"]
+    if args.tune_split is not None:
+        name += f"_tune{args.tune_split}"
+    cmd = [sys.executable, str(ROOT / "tools" / tool), "-c", str(ROOT / "configs" / "cctv_student.yaml"), *data,
            f"out={args.out}", f"name={name}", f"model.name={args.student}",
            f"train.qat={'' if row == 'fp32_ft' else scheme}", f"train.epochs={args.epochs}", f"train.seed={seed}",
            f"train.threads={args.threads}", "train.optimizer=sgd", f"train.lr={args.lr}", "train.warmup_epochs=0",
@@ -141,13 +159,21 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=320)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads of training and of ORT timing (default 1)")
     ap.add_argument("--calib-frames", type=int, default=100, help="PTQ calibration frames from the train set")
-    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_qat"), help="folder of the QAT runs and exports")
+    ap.add_argument("--tune-split", type=int, default=None, metavar="SEED",
+                    help="fine-tune and score on this seed's tuning split of the train set (benchmarks/kd_sweep.py), "
+                         "writing results/qat_tune.csv: for choosing settings; val stays untouched")
+    ap.add_argument("--tune-fraction", type=float, default=0.2, help="train frames held out by --tune-split")
+    ap.add_argument("--out", default="", help="folder of the QAT runs and exports (default runs/bench_qat, "
+                                              "runs/bench_qat_tune with --tune-split)")
     ap.add_argument("--table-only", action="store_true", help="print the table and the paired gains from the CSV")
     ap.add_argument("--rescore", action="store_true",
                     help="score and time again the CSV rows of --student from their ONNX files, keeping their "
                          "detections (run it on a quiet machine: the latency column)")
     args = ap.parse_args()
     args.teacher_kd = [f"kd.teacher_classes={args.teacher_classes}"] if args.teacher_classes else []
+    args.out = args.out or str(ROOT / "runs" / ("bench_qat" if args.tune_split is None else "bench_qat_tune"))
+    if args.tune_split is not None:
+        use_tuning_split(args.tune_split, args.tune_fraction, Path(args.out))
     if args.rescore:
         rescore(args)
     elif not args.table_only:
@@ -164,10 +190,20 @@ def pred_name(rec: dict) -> str:
     return "_".join(p for p in parts if p)
 
 
+def use_tuning_split(seed: int, fraction: float, out: Path) -> None:
+    """Fine-tune on the train split less ``fraction`` of its frames and score on those (results/qat_tune.csv)."""
+    global SPLIT, RESULTS
+    from kd_sweep import tuning_split
+
+    tune_train, tune_val, _ = tuning_split(seed, fraction, out / f"split_s{seed}")
+    SPLIT, RESULTS = (tune_train, tune_val, SHARED / "train/images"), RESULTS.with_name("qat_tune.csv")
+
+
 def val_set():
     from cvkd.data import load_coco
 
-    return load_coco(ROOT / "data/cctv_people/val.json", SHARED / "valid/images", {"0": "person", "1": "person"})
+    _, val_json, val_images = SPLIT
+    return load_coco(val_json, val_images, {"0": "person", "1": "person"})
 
 
 def rescore(args) -> None:
@@ -283,6 +319,7 @@ def print_gains(student: str) -> None:
     from cctv_distill import preds_path
     from cvkd.data import to_coco_dict
     from cvkd.eval.bootstrap import file_matches, paired_gain
+    from kd_sweep import frame_of
 
     recs = [r for r in read() if r["student"] == student and preds_path(pred_name(r), RESULTS).is_file()]
     if not recs:
@@ -295,6 +332,18 @@ def print_gains(student: str) -> None:
         if name not in matched:
             matched[name] = file_matches(preds_path(name, RESULTS), data, gt)
         return matched[name]
+
+    # the tuning split holds both augmented copies of each of its frames: the bootstrap draws them together
+    frames = [frame_of(im["file_name"]) for im in sorted(gt["images"], key=lambda im: im["id"])]
+
+    def add_line(scheme, lr, kd, fake_quant, a_row, b_row, pairs) -> None:
+        g = paired_gain([(matches(x), matches(y)) for x, y in pairs], groups=frames)
+        verdict = "significant" if g.significant else "not significant"
+        if len(pairs) == 1 and a_row != "ptq":  # one fine-tune: the interval holds the images' variation only
+            verdict = ("above 0 over images (1 seed)" if g.lo > 0 else "below 0 over images (1 seed)" if g.hi < 0
+                       else "not significant (1 seed)")
+        lines.append(f"| {Path(student).parent.name} | {scheme} | {lr or '-'} | {kd or '-'} | {fake_quant or '-'} | "
+                     f"{a_row} | {b_row} | {len(pairs)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | {verdict} |")
 
     for a_row, b_row in COMPARISONS:
         for key in sorted({(r["scheme"], r["lr"], r["kd"], r["placement"], r["ranges"]) for r in recs
@@ -310,12 +359,21 @@ def print_gains(student: str) -> None:
                      if b and (b_row in ("fp32", "ptq") or s in b_seed)]
             if not pairs:
                 continue
-            g = paired_gain([(matches(x), matches(y)) for x, y in pairs])
-            fake_quant = " ".join(x for x in (placement, ranges) if x) or "-"
-            lines.append(f"| {Path(student).parent.name} | {scheme} | {lr or '-'} | {kd or '-'} | {fake_quant} | "
-                         f"{a_row} | {b_row} | "
-                         f"{len(pairs)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | "
-                         f"{'significant' if g.significant else 'not significant'} |")
+            add_line(scheme, lr, kd, " ".join(x for x in (placement, ranges) if x), a_row, b_row, pairs)
+    # the same QAT row under other activation ranges (minmax, learned at each --range-lr), paired by seed
+    variants: dict = {}
+    for r in recs:
+        if r["row"].startswith("qat"):
+            key = (r["scheme"], r["lr"], r["kd"], r["placement"], r["row"])
+            variants.setdefault(key, {}).setdefault(r["ranges"], {})[r["seed"]] = r
+    for (scheme, lr, kd, placement, row), by_ranges in sorted(variants.items()):
+        names = sorted(by_ranges)  # "" (minmax) first
+        for i, a_name in enumerate(names):
+            for b_name in names[:i]:
+                a, b = by_ranges[a_name], by_ranges[b_name]
+                pairs = [(a[s], b[s]) for s in sorted(set(a) & set(b))]
+                if pairs:
+                    add_line(scheme, lr, kd, f"{placement} {a_name}", row, f"{row}, {b_name or 'minmax'}", pairs)
     if lines:
         print("\n| student | scheme | lr | KD | fake quant | row | compared with | seeds | gain (mean paired) | 95 % interval "
               "| |")

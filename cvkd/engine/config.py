@@ -118,7 +118,9 @@ class KDConfig:
     feature_loss: Literal["hint", "fgd", "cwd", "pkd"] = setting("cwd", "feature loss: FitNets hint (MSE), FGD, CWD or PKD")
     feature_mask: Literal["all", "gt", "attention", "teacher_score"] = setting(
         "all", "spatial mask of hint/PKD: all cells, GT boxes, teacher attention, teacher's max class score per cell")
-    feature_adapter: Literal["conv", "mlp"] = setting("conv", "student-to-teacher feature adapter: 1x1 conv or 1x1-ReLU-1x1")
+    feature_adapter: Literal["conv", "mlp", "none"] = setting(
+        "conv", "student-to-teacher feature adapter: 1x1 conv, 1x1-ReLU-1x1, or none (the student's features as they "
+        "are: equal channels, e.g. self-distillation from the student's own FP32 weights during QAT)")
     feature_bg: float = setting(0.5, "background weight of the hint loss with feature_mask=gt, in [0, 1) (foreground: 1; "
                             "FGD weighs background half of foreground)")
     feature_norm: Literal["level", "joint"] = setting(

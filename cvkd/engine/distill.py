@@ -304,8 +304,11 @@ class Distiller(nn.Module):
         self.adapters = nn.ModuleList()
         if cfg.feature > 0:
             ch_s, ch_t = student.feature_channels(imgsz), teacher.feature_channels(imgsz)
-            mlp = cfg.feature_adapter == "mlp"
-            self.adapters.extend(HintAdapter(ch_s[ls], ch_t[lt], mlp) for ls, lt in self.feature_pairs)
+            for ls, lt in self.feature_pairs:
+                if cfg.feature_adapter == "none" and ch_s[ls] != ch_t[lt]:
+                    raise ModelError(f"kd.feature_adapter=none needs the teacher's channels: student level {ls} has "
+                                     f"{ch_s[ls]}, teacher level {lt} {ch_t[lt]} (use conv or mlp)")
+                self.adapters.append(HintAdapter(ch_s[ls], ch_t[lt], cfg.feature_adapter))
         self.same_anchors = student.strides == teacher.strides
         self.hooks: list[Callable[[dict], None]] = []  # called with each feature level's parts (tracing)
 

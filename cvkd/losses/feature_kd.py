@@ -14,15 +14,22 @@ from .logit_kd import kd_divergence
 
 class HintAdapter(nn.Module):
     """FitNets regressor: a 1x1 conv from student to teacher channels (Romero et al. 2015, "FitNets: Hints for Thin
-    Deep Nets"); ``mlp=True`` makes it 1x1 conv -> ReLU -> 1x1 conv (a non-linear projector, as in ultralytics' own
-    distillation). Resizes to the teacher's spatial size when the two strides differ."""
+    Deep Nets"); ``kind="mlp"`` makes it 1x1 conv -> ReLU -> 1x1 conv (a non-linear projector, as in ultralytics'
+    own distillation); ``kind="none"`` passes the student's features as they are, for a teacher of equal channels
+    (self-distillation: the QAT student against its own FP32 weights, whose features it should keep). Resizes to the
+    teacher's spatial size when the two strides differ."""
 
-    def __init__(self, channels_s: int, channels_t: int, mlp: bool = False):
+    def __init__(self, channels_s: int, channels_t: int, kind: str = "conv"):
         super().__init__()
+        if kind == "none":
+            if channels_s != channels_t:
+                raise ValueError(f"no adapter between {channels_s} student and {channels_t} teacher channels")
+            self.proj = nn.Identity()
+            return
         first = nn.Conv2d(channels_s, channels_t, kernel_size=1, bias=True)
         nn.init.kaiming_uniform_(first.weight, a=1.0)
         nn.init.zeros_(first.bias)
-        self.proj = nn.Sequential(first, nn.ReLU(), nn.Conv2d(channels_t, channels_t, 1)) if mlp else first
+        self.proj = nn.Sequential(first, nn.ReLU(), nn.Conv2d(channels_t, channels_t, 1)) if kind == "mlp" else first
 
     def forward(self, f_s: Tensor, size_t: tuple[int, int] | None = None) -> Tensor:
         out = self.proj(f_s)  # (B, C_t, H_s, W_s)

@@ -50,7 +50,8 @@ def test_paired_gains_pair_each_seed_with_the_one_fp32_model_and_the_same_seed_o
     assert "| s | per_channel | 0.0001 | box | conv | qat_kd | qat | 3 | +0.0000 | [+0.0000, +0.0000] | not significant |" \
         in out
     # the lr 0.001 row has no qat row of its lr to pair with, but is compared with the FP32 model
-    assert "| s | per_channel | 0.001 | box | conv | qat_kd | fp32 | 1 | -0.4950 |" in out
+    assert "| s | per_channel | 0.001 | box | conv | qat_kd | fp32 | 1 | -0.4950 | [-0.7155, -0.2746] | below 0 over " \
+        "images (1 seed) |" in out  # one fine-tune: no claim, its interval holds the images' variation only
     assert "| s | per_channel | 0.001 | box | conv | qat_kd | qat |" not in out
 
 
@@ -98,6 +99,8 @@ def test_learned_range_rows_are_their_own_and_only_the_students_rows_are_paired(
     assert "| s | npu | 0.0001 | - | ort | qat | fp32 | 2 | -0.4950 |" in out
     assert "| s | npu | 0.0001 | - | ort learned0.01 | qat | fp32 | 2 | +0.0000 |" in out
     assert "| other |" not in out  # another student's rows: not bootstrapped
+    # the same row under the other ranges, paired by seed
+    assert "| s | npu | 0.0001 | - | ort learned0.01 | qat | qat, minmax | 2 | +0.4950 |" in out
 
 
 @pytest.mark.parametrize("arch, variant", [("yolov8n.yaml", "full"), ("yolo26n.yaml", "e2e")])

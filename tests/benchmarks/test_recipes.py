@@ -186,7 +186,7 @@ def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fa
     names = set()
     for ranges in ("minmax", "learned"):
         args = SimpleNamespace(teacher="t.pt", teacher_kd=[], student="s.pt", out="runs/q", epochs=3, threads=1,
-                               lr=0.001, kd="box", ranges=ranges, range_lr=0.02)
+                               lr=0.001, kd="box", ranges=ranges, range_lr=0.02, tune_split=None)
         for row in [r for r in qat.ROWS if r not in ("fp32", "ptq")]:
             for scheme in ("per_channel", "npu"):
                 name, cmd = qat.qat_command(args, row, scheme, 0)
@@ -201,3 +201,21 @@ def test_every_qat_benchmark_row_resolves_and_only_the_control_trains_without_fa
                 assert cfg.train.qat_ranges == ("learned" if learned else "minmax")
                 assert cfg.train.qat_range_lr == (0.02 if learned else 0.01)
     assert len(names) == 2 * 2 * 3 + 1  # a run of its own per ranges, scheme and QAT row; one FP32 control
+
+
+def test_qat_rows_of_the_tuning_split_train_and_score_on_held_out_train_frames_only(import_benchmark, tmp_path):
+    from types import SimpleNamespace
+
+    import_benchmark("unlabeled")  # kd_sweep imports it
+    sweep, qat = import_benchmark("kd_sweep"), import_benchmark("qat")
+    sweep.tuning_split = lambda seed, fraction, out: (out / "tune_train.json", out / "tune_val.json", 5)
+    qat.use_tuning_split(3, 0.2, tmp_path)
+    assert qat.RESULTS.name == "qat_tune.csv"  # a table of its own: tuning rows never mix with val rows
+    args = SimpleNamespace(teacher="t.pt", teacher_kd=[], student="s.pt", out="runs/q", epochs=3, threads=1,
+                           lr=0.0001, kd="box", ranges="learned", range_lr=0.1, tune_split=3)
+    name, cmd = qat.qat_command(args, "qat", "npu", 0)
+    assert name == "qat_npu_qat_e3_lr0.0001_s0_ort_learned0.1_tune3"
+    assert f"data.train_json={tmp_path / 'split_s3' / 'tune_train.json'}" in cmd
+    assert f"data.val_json={tmp_path / 'split_s3' / 'tune_val.json'}" in cmd
+    assert f"data.val_images={qat.SHARED / 'train/images'}" in cmd
+    assert not any("valid/" in a or "cctv_people/val.json" in a for a in cmd)

@@ -237,6 +237,41 @@ def test_teacher_score_mask_and_mlp_adapter():
     assert torch.allclose(loss_joint, num / den, rtol=1e-5)
 
 
+def test_no_adapter_distils_the_features_as_they_are_and_needs_the_teachers_channels():
+    """kd.feature_adapter=none (self-distillation): CWD between the student's own features and the teacher's, no
+    parameters of its own; zero against a copy of itself, and every student parameter that shapes the distilled
+    features gets a gradient once they differ; a teacher of other channels is refused in one line."""
+    import copy
+
+    from cvkd.losses import cwd_loss
+
+    torch.manual_seed(0)
+    s = build_detector("yolov8n.yaml", ["person"]).train()
+    t = copy.deepcopy(s)  # in train mode too: both normalise by the batch's statistics, so equal weights match
+    kd = KDConfig(teacher="x", feature=1.0, feature_loss="cwd", feature_t=4.0, feature_adapter="none")
+    dist = Distiller(kd, s, t, IMG)
+    assert not list(dist.adapters.parameters())
+    img = torch.rand(2, 3, IMG, IMG)
+    out_s = s(img)
+    with torch.no_grad():
+        out_t = t(img)
+    _, _, assign = s.loss(out_s, _batch())
+    assert dist(out_s, out_t, assign, _batch())["feature"].abs() < 1e-6  # the FP32 copy of itself
+    with torch.no_grad():
+        for p in s.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out_s = s(img)
+    loss = dist(out_s, out_t, assign, _batch())["feature"]
+    expected = torch.stack([cwd_loss(f_s, f_t, 4.0) for f_s, f_t in zip(out_s.feats, out_t.feats)]).mean()
+    assert torch.allclose(loss, expected, rtol=1e-5) and loss > 0
+    loss.backward()
+    assert not any(p.grad is not None for p in t.parameters())
+    backbone_neck = [p for n, p in s.named_parameters() if not n.startswith("model.model.22")]  # the head: not distilled
+    assert backbone_neck and all(p.grad is not None for p in backbone_neck)
+    with pytest.raises(ModelError, match="kd.feature_adapter=none needs the teacher's channels: student level 0"):
+        Distiller(kd, s, build_detector("yolov8s.yaml", ["person"]).eval(), IMG)
+
+
 def test_gt_feature_mask_weighs_background_by_feature_bg():
     """feature_mask=gt: cells inside GT boxes weigh 1, the others kd.feature_bg (default 0.5, as FGD), so the term is
     not the unmasked mean (the old default of 1 made gt the same as feature_mask=all)."""
