@@ -20,8 +20,9 @@ Writes benchmarks/results/qat.csv (one row per scheme, row and seed; re-running 
 
 ``--tune-split SEED`` chooses QAT settings (e.g. ``--range-lr``) without looking at val: the fine-tunes train on the
 train split less a held-out ``--tune-fraction`` of its source frames (the split of benchmarks/kd_sweep.py) and are
-scored on those frames, into benchmarks/results/qat_tune.csv. The FP32 student did see the held-out frames in its own
-training (all alike for every row), so these rows rank settings against each other; claims are measured on val.
+scored on those frames, into benchmarks/results/qat_tune_s<SEED>.csv. The FP32 student did see the held-out frames in
+its own training (all alike for every row), so these rows rank settings against each other; claims are measured on
+val.
 
     python benchmarks/qat.py --student runs/bench_cctv/ws_rerun_s0_ul_e158/final.pt --schemes npu \
         --rows fp32 qat --ranges learned --range-lr 0.03 --tune-split 0
@@ -161,7 +162,7 @@ def main() -> None:
     ap.add_argument("--calib-frames", type=int, default=100, help="PTQ calibration frames from the train set")
     ap.add_argument("--tune-split", type=int, default=None, metavar="SEED",
                     help="fine-tune and score on this seed's tuning split of the train set (benchmarks/kd_sweep.py), "
-                         "writing results/qat_tune.csv: for choosing settings; val stays untouched")
+                         "writing results/qat_tune_s<SEED>.csv: for choosing settings; val stays untouched")
     ap.add_argument("--tune-fraction", type=float, default=0.2, help="train frames held out by --tune-split")
     ap.add_argument("--out", default="", help="folder of the QAT runs and exports (default runs/bench_qat, "
                                               "runs/bench_qat_tune with --tune-split)")
@@ -191,12 +192,13 @@ def pred_name(rec: dict) -> str:
 
 
 def use_tuning_split(seed: int, fraction: float, out: Path) -> None:
-    """Fine-tune on the train split less ``fraction`` of its frames and score on those (results/qat_tune.csv)."""
+    """Fine-tune on the train split less ``fraction`` of its frames and score on those (results/qat_tune_s<seed>.csv,
+    detections under results/preds/qat_tune_s<seed>/)."""
     global SPLIT, RESULTS
     from kd_sweep import tuning_split
 
     tune_train, tune_val, _ = tuning_split(seed, fraction, out / f"split_s{seed}")
-    SPLIT, RESULTS = (tune_train, tune_val, SHARED / "train/images"), RESULTS.with_name("qat_tune.csv")
+    SPLIT, RESULTS = (tune_train, tune_val, SHARED / "train/images"), RESULTS.with_name(f"qat_tune_s{seed}.csv")
 
 
 def val_set():

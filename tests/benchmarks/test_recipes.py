@@ -210,7 +210,7 @@ def test_qat_rows_of_the_tuning_split_train_and_score_on_held_out_train_frames_o
     sweep, qat = import_benchmark("kd_sweep"), import_benchmark("qat")
     sweep.tuning_split = lambda seed, fraction, out: (out / "tune_train.json", out / "tune_val.json", 5)
     qat.use_tuning_split(3, 0.2, tmp_path)
-    assert qat.RESULTS.name == "qat_tune.csv"  # a table of its own: tuning rows never mix with val rows
+    assert qat.RESULTS.name == "qat_tune_s3.csv"  # a table per split: tuning rows never mix with val rows
     args = SimpleNamespace(teacher="t.pt", teacher_kd=[], student="s.pt", out="runs/q", epochs=3, threads=1,
                            lr=0.0001, kd="box", ranges="learned", range_lr=0.1, tune_split=3)
     name, cmd = qat.qat_command(args, "qat", "npu", 0)
