@@ -204,10 +204,7 @@ def print_gains(table: dict, fraction: float, out: Path) -> None:
             return file_matches(preds_path(run, RESULTS), data, gt)
 
         g = paired_gain([(matches(runs[t]["run"]), matches(base[t]["run"])) for t in paired], groups=frames)
-        # one training seed: the interval holds the frames' variation only, which ranks but does not make a claim
-        verdict = ("significant" if g.significant else "not significant") if len(paired) > 1 else \
-            ("above 0 over frames (1 seed)" if g.lo > 0 else "below 0 over frames (1 seed)" if g.hi < 0 else
-             "not significant (1 seed)")
+        verdict = g.verdict(units="frames")  # one training seed: ranks, makes no claim
         lines.append(f"| {student or 'yolov8n'} | {setting} | {start} | {seed} | {Path(teacher).name or '-'} | {len(paired)} | "
                      f"{' / '.join(f'{x:+.4f}' for x in g.per_seed)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | "
                      f"{verdict} |")

@@ -340,10 +340,7 @@ def print_gains(student: str) -> None:
 
     def add_line(scheme, lr, kd, fake_quant, a_row, b_row, pairs) -> None:
         g = paired_gain([(matches(x), matches(y)) for x, y in pairs], groups=frames)
-        verdict = "significant" if g.significant else "not significant"
-        if len(pairs) == 1 and a_row != "ptq":  # one fine-tune: the interval holds the images' variation only
-            verdict = ("above 0 over images (1 seed)" if g.lo > 0 else "below 0 over images (1 seed)" if g.hi < 0
-                       else "not significant (1 seed)")
+        verdict = g.verdict(trained=a_row != "ptq")  # PTQ vs FP32: no training seed to vary
         lines.append(f"| {Path(student).parent.name} | {scheme} | {lr or '-'} | {kd or '-'} | {fake_quant or '-'} | "
                      f"{a_row} | {b_row} | {len(pairs)} | {g.gain:+.4f} | [{g.lo:+.4f}, {g.hi:+.4f}] | {verdict} |")
 

@@ -145,6 +145,15 @@ class Gain:
     def significant(self) -> bool:
         return self.lo > 0 or self.hi < 0
 
+    def verdict(self, units: str = "images", trained: bool = True) -> str:
+        """The table's word for the interval. With one trained model per side (one training seed) the interval holds
+        the val ``units``' variation only: it ranks but makes no claim, and says so. ``trained=False``: models with no
+        training seed to vary (e.g. a calibrated PTQ file against its FP32 source), whose interval is the whole story."""
+        if len(self.per_seed) > 1 or not trained:
+            return "significant" if self.significant else "not significant"
+        return (f"above 0 over {units} (1 seed)" if self.lo > 0 else f"below 0 over {units} (1 seed)" if self.hi < 0
+                else "not significant (1 seed)")
+
     def line(self) -> str:
         verdict = "significant" if self.significant else "not significant"
         n = len(self.per_seed)

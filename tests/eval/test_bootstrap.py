@@ -196,3 +196,18 @@ def test_unpaired_difference_is_welchs_interval():
     assert d == 2.0 and hi - d == pytest.approx(4.302653 / 3 ** 0.5, rel=1e-5)
     with pytest.raises(ValueError):
         unpaired_difference([1.0], [0.0, 1.0])
+
+
+def test_one_seed_verdicts_say_they_make_no_claim():
+    from cvkd.eval.bootstrap import Gain
+
+    def gain(lo, hi, seeds):
+        return Gain(gain=(lo + hi) / 2, lo=lo, hi=hi, per_seed=[0.0] * seeds, map_a=[], map_b=[], sd_seed=0.0,
+                    sd_images=0.0, n_boot=10)
+
+    assert gain(0.01, 0.02, 3).verdict() == "significant"
+    assert gain(-0.01, 0.02, 3).verdict() == "not significant"
+    assert gain(0.01, 0.02, 1).verdict(units="frames") == "above 0 over frames (1 seed)"
+    assert gain(-0.02, -0.01, 1).verdict() == "below 0 over images (1 seed)"
+    assert gain(-0.02, 0.01, 1).verdict() == "not significant (1 seed)"
+    assert gain(-0.02, -0.01, 1).verdict(trained=False) == "significant"  # e.g. PTQ vs its FP32 file
