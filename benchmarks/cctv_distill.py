@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from ultralytics_peer import (
@@ -174,8 +175,9 @@ def add_teacher_row(table: dict, weights: Path, rel: str, args) -> dict:
            "imgsz": args.imgsz, "epochs": args.teacher_epochs, "interp": "linear", "pipeline": "ultralytics",
            "teacher": "", "run": rel, "map": m["map"], "ap50": m["ap50"], "params_m": params, "gflops": gflops,
            "sec_per_epoch": ""}
-    table = {**table, record_key(rec): rec}
-    write_table(table)
+    with locked(RESULTS):
+        table = {**table, **load_records(), record_key(rec): rec}
+        write_table(table)
     print(f"teacher {rel}: map {m['map']:.4f}", flush=True)
     return table
 
@@ -185,6 +187,18 @@ def preds_path(run: str | Path, results: Path | None = None) -> Path:
     folder per benchmark CSV (``results``, this benchmark's by default)."""
     results = results or RESULTS
     return results.parent / "preds" / results.stem / f"{Path(run).name}.json.xz"
+
+
+@contextmanager
+def locked(results: Path):
+    """Hold the lock of one results CSV: benchmark processes run side by side (one per seed or scheme), and each
+    rewrites the whole file from what it read, so a read-merge-write outside the lock drops the other's rows."""
+    import fcntl
+
+    results.parent.mkdir(parents=True, exist_ok=True)
+    with (results.parent / f".{results.stem}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def keep_predictions(run: str | Path, preds: list | Path, results: Path | None = None) -> None:
@@ -551,9 +565,10 @@ def main() -> None:
 
     def add(rec: dict) -> None:
         nonlocal table
-        table = {**table, **load_records()}  # another benchmark process may have added rows meanwhile
-        table[record_key(rec)] = rec
-        write_table(table, gains=set())  # the gains once, at the end
+        with locked(RESULTS):
+            table = {**table, **load_records()}  # another benchmark process may have added rows meanwhile
+            table[record_key(rec)] = rec
+            write_table(table, gains=set())  # the gains once, at the end
 
     if needs_teacher:
         run_cvkd(args, "train.py", "cctv_teacher.yaml", teacher_run.name, 0, interp_args)
@@ -606,7 +621,8 @@ def main() -> None:
             print(f"{row} seed {seed}: map {rec['map']:.4f} ({time.time() - t0:.0f} s)", flush=True)
             ran.add(rel_run(str(run)))
     if ran:
-        write_table(table, gains=ran)
+        with locked(RESULTS):
+            write_table({**table, **load_records()}, gains=ran)
 
 if __name__ == "__main__":
     main()

@@ -263,13 +263,11 @@ def rel(p: Path) -> str:
 
 def append(rec: dict) -> None:
     """Add (or replace) one row; locked, so two runs of this script (one per scheme) can share the CSV."""
-    import fcntl
+    from cctv_distill import locked
 
     key = ("scheme", "row", "seed", "lr", "kd", "placement", "ranges", "student")
     rec = with_placement(rec)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with (RESULTS.parent / ".qat.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(RESULTS):
         rows = [r for r in read() if tuple(str(r.get(k, "")) for k in key) != tuple(str(rec[k]) for k in key)]
         with RESULTS.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=COLUMNS)

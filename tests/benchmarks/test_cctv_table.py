@@ -271,3 +271,19 @@ def test_a_pretrained_student_is_its_own_model_with_its_own_runs(bench, monkeypa
     assert "model.pretrained=efficientnet-lite0" in pre_over and not any("pretrained" in o for o in scratch_over)
     models = sorted(r["model"] for r in bench.load_records().values())
     assert models == ["timm:tf_efficientnet_lite0", "timm:tf_efficientnet_lite0+efficientnet-lite0"]
+
+
+def test_results_lock_makes_a_second_process_wait(bench, tmp_path):
+    """Benchmarks of different seeds run side by side and each rewrites the whole CSV: the read-merge-write is
+    locked, so a second process waits until the first has written."""
+    import subprocess
+    import time
+
+    child = ("import sys; sys.path.insert(0, sys.argv[1]); import cctv_distill; from pathlib import Path\n"
+             "with cctv_distill.locked(Path(sys.argv[2])): print('got it', flush=True)")
+    with bench.locked(bench.RESULTS):
+        proc = subprocess.Popen([sys.executable, "-c", child, str(bench.ROOT / "benchmarks"), str(bench.RESULTS)],
+                                stdout=subprocess.PIPE, text=True)
+        time.sleep(3)  # the child imports the script (~1 s) and then blocks on the lock
+        assert proc.poll() is None
+    assert proc.communicate(timeout=60)[0].strip() == "got it"
