@@ -442,7 +442,7 @@ def print_gains(records: list[dict], runs: set[str] | None = None) -> None:
     for key, ref, g in rows:
         print(f"| {key[0]} | {key[2]} | {Path(key[7]).name} | {key[4]} | {ref[4]} | {len(g.per_seed)} | "
               f"{g.gain:+.4f} | "
-              f"[{g.lo:+.4f}, {g.hi:+.4f}] | {'significant' if g.significant else 'not significant'} |")
+              f"[{g.lo:+.4f}, {g.hi:+.4f}] | {g.verdict()} |")
 
 
 def print_tool_baselines(records: list[dict]) -> None:
