@@ -143,7 +143,8 @@ def qat_run(args, row: str, scheme: str, seed: int) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--student", required=True, help="trained FP32 student checkpoint")
+    ap.add_argument("--student", default="", help="trained FP32 student checkpoint (with --table-only: whose paired "
+                                                  "gains to print; default every student's)")
     ap.add_argument("--teacher", default="", help="FP32 teacher checkpoint of the qat_kd row")
     ap.add_argument("--teacher-classes", default="", help="kd.teacher_classes for a teacher of other classes")
     ap.add_argument("--schemes", nargs="+", default=["per_channel", "npu"], choices=["per_channel", "npu"])
@@ -171,6 +172,8 @@ def main() -> None:
                     help="score and time again the CSV rows of --student from their ONNX files, keeping their "
                          "detections (run it on a quiet machine: the latency column)")
     args = ap.parse_args()
+    if not args.student and not args.table_only:
+        ap.error("--student is required (only --table-only goes without it)")
     args.teacher_kd = [f"kd.teacher_classes={args.teacher_classes}"] if args.teacher_classes else []
     args.out = args.out or str(ROOT / "runs" / ("bench_qat" if args.tune_split is None else "bench_qat_tune"))
     if args.tune_split is not None:
@@ -180,7 +183,8 @@ def main() -> None:
     elif not args.table_only:
         run_rows(args)
     print_table()
-    print_gains(rel(Path(args.student)))
+    for student in [rel(Path(args.student))] if args.student else sorted({r["student"] for r in read()}):
+        print_gains(student)
 
 
 def pred_name(rec: dict) -> str:
@@ -305,7 +309,7 @@ def print_table() -> None:
         print(f"| {Path(student).parent.name} | {scheme} | {row} | {lr or '-'} | {kd or '-'} | {placement or '-'} | {len(rs)} | {statistics.mean(maps):.4f} +- {sd:.4f} "
               f"| {statistics.mean(float(r['ap50']) for r in rs):.4f} | "
               f"{statistics.mean(float(r['latency_ms']) for r in rs):.1f} | {float(rs[0]['size_mb']):.2f} |")
-    print(f"\nwritten {RESULTS}")
+    print(f"\nrows from {rel(RESULTS)}")
 
 
 # (row, compared with) of the paired gains; FP32 and PTQ are one model each, paired with every seed of the other row

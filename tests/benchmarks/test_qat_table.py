@@ -120,3 +120,18 @@ def test_rows_score_the_deployed_file(qat, arch, variant, tmp_path):
                     {"family": det.family, "arch": det.arch_spec(), "class_names": det.class_names})
     path = qat.export(ckpt, tmp_path / "out", 64, "fp32")
     assert read_metadata(path)["cvkd_variant"] == variant and f"_{variant}_fp32" in path.name
+
+
+def test_table_only_needs_no_student_and_prints_every_students_gains(qat, capsys, monkeypatch):
+    for student in ("runs/a/final.pt", "runs/b/final.pt"):
+        _add(qat, "fp32", "fp32", 0, range(1, 21), student=student)
+        _add(qat, "npu", "ptq", 0, range(1, 11), student=student)
+    monkeypatch.setattr("sys.argv", ["qat.py", "--table-only"])
+    qat.main()
+    out = capsys.readouterr().out
+    assert "| a | npu | - | - | - | ptq | fp32 | 1 | -0.4950 |" in out
+    assert "| b | npu | - | - | - | ptq | fp32 | 1 | -0.4950 |" in out
+    monkeypatch.setattr("sys.argv", ["qat.py", "--rows", "fp32"])  # a run needs its student
+    with pytest.raises(SystemExit):
+        qat.main()
+    assert "--student is required" in capsys.readouterr().err
