@@ -155,7 +155,7 @@ class Gain:
                 else "not significant (1 seed)")
 
     def line(self) -> str:
-        verdict = self.verdict()
+        verdict = self.verdict().removesuffix(" (1 seed)")  # the seed count follows it
         n = len(self.per_seed)
         seeds = f"{n} seeds" if n > 1 else "1 seed: val images only"
         return (f"gain {self.gain:+.4f}, 95 % interval [{self.lo:+.4f}, {self.hi:+.4f}] ({verdict}; {seeds}, "

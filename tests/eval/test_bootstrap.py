@@ -211,4 +211,4 @@ def test_one_seed_verdicts_say_they_make_no_claim():
     assert gain(-0.02, -0.01, 1).verdict() == "below 0 over images (1 seed)"
     assert gain(-0.02, 0.01, 1).verdict() == "not significant (1 seed)"
     assert gain(-0.02, -0.01, 1).verdict(trained=False) == "significant"  # e.g. PTQ vs its FP32 file
-    assert "(above 0 over images (1 seed); 1 seed: val images only" in gain(0.01, 0.02, 1).line()  # cvkd val's line
+    assert "(above 0 over images; 1 seed: val images only" in gain(0.01, 0.02, 1).line()  # cvkd val's line
