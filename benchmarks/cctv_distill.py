@@ -500,8 +500,8 @@ def main() -> None:
                          "and the KD rows from it get their own run folders (..._s0_teacher_rerun) and table rows")
     ap.add_argument("--teacher-weights", default="",
                     help="distil the KD rows from this copy of the teacher run's weights instead of training the "
-                         "teacher (e.g. checkpoints/cctv_yolov8s_320_e188_fp16.pt.xz, the ultralytics-trained "
-                         "teacher, with --teacher ul_e188 --teacher-epochs 188); the rows still name the "
+                         "teacher (e.g. checkpoints/cctv_yolov8s_320_e218_fp16.pt.xz, the ultralytics-trained "
+                         "teacher, with --teacher ul_e218 --teacher-epochs 218); the rows still name the "
                          "teacher run, whose row must be in the CSV (for another --epochs, the row of the run of that "
                          "name from any schedule)")
     ap.add_argument("--teacher-epochs", type=int, default=0,

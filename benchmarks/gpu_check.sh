@@ -55,7 +55,7 @@ run_step amp_distill_2ep "grep -oE 'map=[0-9.]+ ap50=[0-9.]+' " "$PY" tools/dist
 if [ -f "$CCTV/data.yaml" ]; then
   "$PY" tools/convert.py yolo "$CCTV" --out "$WORK/cctv" > "$WORK/convert.log" 2>&1
   run_step cctv_kd_epoch "grep -oE 'map=[0-9.]+ ap50=[0-9.]+'" "$PY" tools/distill.py -c configs/cctv_distill.yaml \
-    kd.teacher=checkpoints/cctv_yolov8s_320_e188_fp16.pt.xz kd.teacher_classes='{"0": person, "1": person}' train.epochs=1 train.amp=true train.device="$DEVICE" \
+    kd.teacher=checkpoints/cctv_yolov8s_320_e218_fp16.pt.xz kd.teacher_classes='{"0": person, "1": person}' train.epochs=1 train.amp=true train.device="$DEVICE" \
     data.train_json="$WORK/cctv/train.json" data.train_images="$CCTV/train/images" \
     data.val_json="$WORK/cctv/val.json" data.val_images="$CCTV/valid/images" data.workers=8 \
     name=gpu_cctv out="$WORK/runs"

@@ -19,7 +19,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 G=.gpu
 OUT="${OUT:-$G/out}"
-TEACHER="${TEACHER:-checkpoints/cctv_yolov8s_320_e188_fp16.pt.xz}"
+TEACHER="${TEACHER:-checkpoints/cctv_yolov8s_320_e218_fp16.pt.xz}"
 TEACHER_EPOCHS="${TEACHER_EPOCHS:-100}"
 STUDENT_EPOCHS="${STUDENT_EPOCHS:-200}"
 LIMIT="${LIMIT:-480}"

@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="training steps per run (default 20)")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every setting (default 3)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1)")
-    ap.add_argument("--teacher", default=str(ROOT / "checkpoints" / "cctv_yolov8s_320_e188_fp16.pt.xz"),
+    ap.add_argument("--teacher", default=str(ROOT / "checkpoints" / "cctv_yolov8s_320_e218_fp16.pt.xz"),
                     help="teacher checkpoint (default: the shipped YOLOv8s CCTV teacher)")
     ap.add_argument("--teacher-classes", default='{"0": person, "1": person}',
                     help="kd.teacher_classes of --teacher (default: the shipped teacher's two classes merged; '' for "

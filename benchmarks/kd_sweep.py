@@ -15,7 +15,7 @@ itself is measured on val (benchmarks/cctv_distill.py).
 
     python benchmarks/kd_sweep.py --epochs 30 --threads 1                 # every setting
     python benchmarks/kd_sweep.py --settings baseline all_sw logit_t2     # some of them
-    python benchmarks/kd_sweep.py --start ws --teacher checkpoints/cctv_yolov8s_320_e188_fp16.pt.xz \\
+    python benchmarks/kd_sweep.py --start ws --teacher checkpoints/cctv_yolov8s_320_e218_fp16.pt.xz \\
         --teacher-classes '{"0": person, "1": person}' --settings baseline feature_joint logit_only --threads 1
 
 Writes benchmarks/results/kd_sweep.csv (setting,overrides,start,seed,train_seed,teacher,epochs,tune_frames,map,ap50,
@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30, help="epochs of every run (default 30)")
     ap.add_argument("--teacher", default=DEFAULT_TEACHER,
                     help=f"teacher checkpoint, relative to the repo (default {DEFAULT_TEACHER}, the teacher of the first "
-                         "rows; checkpoints/cctv_yolov8s_320_e188_fp16.pt.xz is the shipped one). KD rows of another "
+                         "rows; checkpoints/cctv_yolov8s_320_e218_fp16.pt.xz is the shipped one). KD rows of another "
                          "teacher get their own run folders and rows")
     ap.add_argument("--start", choices=["random", "ws"], default="random",
                     help="student's initial weights in every row: random (default) or ws, the teacher's by weight "
