@@ -1,9 +1,13 @@
 """Test-wide settings: ultralytics fully offline, its settings kept out of the user's home, single-threaded torch."""
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-os.environ.setdefault("YOLO_CONFIG_DIR", tempfile.mkdtemp(prefix="cvkd-yolo-cfg-"))
+if "YOLO_CONFIG_DIR" not in os.environ:  # a folder of this test session's own, removed when it ends
+    os.environ["YOLO_CONFIG_DIR"] = tempfile.mkdtemp(prefix="cvkd-yolo-cfg-")
+    atexit.register(shutil.rmtree, os.environ["YOLO_CONFIG_DIR"], ignore_errors=True)
 
 import torch  # noqa: E402
 
